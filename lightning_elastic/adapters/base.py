@@ -1,0 +1,76 @@
+"""The adapter protocol: find coupled dimension groups in an existing model, then swap in elastic ops.
+
+An adapter never modifies the model in :meth:`Adapter.plan`; it returns a :class:`ConversionPlan`. The generic
+:func:`lightning_elastic.to_supernet` applies overrides, checks everything, then swaps all modules at once, so a
+failing conversion leaves the model untouched.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from lightning_elastic.core.config import SearchSpaceConfig
+from lightning_elastic.core.dims import ElasticDim
+
+if TYPE_CHECKING:
+    from lightning_elastic.supernet.supernet import Supernet
+
+
+@dataclass
+class ConversionPlan:
+    """What an adapter wants done.
+
+    Attributes:
+        dims: every dimension it found (non-elastic ones are dropped from the space after overrides).
+        replacements: ``(qualified module name, factory)``; ``factory(original) -> elastic module``.
+        after_apply: callables run once after every swap (bind attributes such as ``num_heads`` to dims).
+        meta: JSON-serialisable facts needed to rebuild the original model in :meth:`Adapter.build_original`.
+    """
+
+    dims: list[ElasticDim] = field(default_factory=list)
+    replacements: list[tuple[str, Callable[[nn.Module], nn.Module]]] = field(default_factory=list)
+    after_apply: list[Callable[[], None]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, name: str, factory: Callable[[nn.Module], nn.Module]) -> None:
+        self.replacements.append((name, factory))
+
+
+class Adapter(ABC):
+    """Base class of model-family adapters.
+
+    Subclasses set ``name`` (registry key) and ``supported`` (one line for error messages) and implement
+    :meth:`matches` and :meth:`plan`. Override :meth:`finalize_export`, :meth:`build_original`, :meth:`save` /
+    :meth:`load` where the family needs it.
+    """
+
+    name: str = ""
+    supported: str = ""
+
+    @abstractmethod
+    def matches(self, model: nn.Module) -> bool:
+        """Whether this adapter handles ``model`` (checked in registration order)."""
+
+    @abstractmethod
+    def plan(self, model: nn.Module, config: SearchSpaceConfig) -> ConversionPlan:
+        """Find dims and replacements without modifying ``model``. Raise ConversionError on problems."""
+
+    def finalize_export(self, model: nn.Module, supernet: Supernet, cfg: dict[str, int]) -> None:
+        """Fix size attributes / configs on an exported model (after all elastic ops were replaced)."""
+
+    def build_original(self, meta: dict[str, Any]) -> nn.Module:
+        """Rebuild the original (randomly initialised) model from ``plan.meta``; used by ``load_subnet``."""
+        raise NotImplementedError(f"adapter {self.name!r} cannot rebuild models from metadata")
+
+    def save(self, exported: nn.Module, supernet: Supernet, cfg: dict[str, int], directory: Path) -> None:
+        """Write adapter-specific files beside the default safetensors + ``subnet.json`` (optional)."""
+
+    def load(self, directory: Path, info: dict[str, Any]) -> nn.Module | None:
+        """Load an exported subnet directly (e.g. ``from_pretrained``); return None to use the default path."""
+        return None

@@ -1,0 +1,43 @@
+"""``ElasticBatchNorm2d``: BatchNorm over a prefix of channels, with sliced running statistics."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_elastic.core.dims import ElasticDim
+from lightning_elastic.ops.base import Axis, ElasticOp, as_axis
+
+
+class ElasticBatchNorm2d(nn.BatchNorm2d, ElasticOp):
+    """BatchNorm2d whose channels follow a dim. Running stats of the active prefix are updated in place."""
+
+    @classmethod
+    def from_module(cls, module: nn.BatchNorm2d, axis: ElasticDim | Axis) -> ElasticBatchNorm2d:
+        new = cls._adopt(module)
+        new.axis = as_axis(axis)
+        spec = [(0, new.axis)]
+        new._slices = {"weight": spec, "bias": spec, "running_mean": spec, "running_var": spec}
+        return new
+
+    def forward(self, x):
+        if self.is_full():
+            return self._base_cls.forward(self, x)
+        self._check_input_dim(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_stats = self.training or self.running_mean is None
+        weight, bias = self.sliced("weight", "bias")
+        # running stats are views, never cached: F.batch_norm updates them in place
+        rm, rv = self._slice("running_mean"), self._slice("running_var")
+        return F.batch_norm(
+            x,
+            rm if not self.training or self.track_running_stats else None,
+            rv if not self.training or self.track_running_stats else None,
+            weight, bias, use_batch_stats, momentum, self.eps,
+        )
+
+    def _export_attributes(self, new: nn.BatchNorm2d) -> None:
+        new.num_features = new.weight.shape[0] if new.weight is not None else new.running_mean.shape[0]

@@ -1,0 +1,269 @@
+"""``to_supernet`` and ``Supernet``: convert a model in place and drive it.
+
+The conversion runs in phases (like peft's injection): the adapter plans (touches nothing), the plan is checked and
+overrides applied, every replacement module is built, and only then are modules swapped and tensors reordered by
+importance. Any error before the swap leaves the model exactly as it was; an error during the swap restores it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_elastic.adapters.base import Adapter
+from lightning_elastic.core.config import SearchSpaceConfig
+from lightning_elastic.core.dims import ElasticDim
+from lightning_elastic.core.errors import ConfigError, ConversionError, ElasticError
+from lightning_elastic.core.importance import reorder_dim, resolve_importance
+from lightning_elastic.core.registry import find_adapter, get_adapter
+from lightning_elastic.core.space import ArchConfig, SearchSpace
+from lightning_elastic.ops.base import ElasticOp
+from lightning_elastic.ops.depth import ElasticModuleList, ElasticSequential
+
+_ATTR = "_lightning_elastic_supernet"
+
+
+def get_supernet(model: nn.Module) -> Supernet | None:
+    """The :class:`Supernet` a model was converted into, or None."""
+    return model.__dict__.get(_ATTR)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def _apply_overrides(dims: list[ElasticDim], config: SearchSpaceConfig) -> None:
+    space = SearchSpace(dims)
+    unmatched = [p for p in config.overrides if not space.match(p)]
+    unmatched += [p for p in config.exclude if not space.match(p)]
+    if unmatched:
+        raise ConfigError(
+            f"`overrides`/`exclude` patterns {unmatched} match no dimension of this model. "
+            f"Dimensions: {space.names()[:12]}{' …' if len(space) > 12 else ''}. "
+            "HINT: use exact names or globs such as 'blocks.*.mlp.hidden'."
+        )
+    for pattern, choices in config.overrides.items():
+        for d in space.match(pattern):
+            too_big = [c for c in choices if c > d.full]
+            if too_big:
+                raise ConfigError(
+                    f"`overrides[{pattern!r}]` has {too_big} above the full size {d.full} of {d.name!r}. "
+                    f"HINT: choices must be <= {d.full}."
+                )
+            d.choices = sorted(set(choices) | {d.full})
+    for pattern in config.exclude:
+        for d in space.match(pattern):
+            d.choices = [d.full]
+
+
+def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapter: str | Adapter | None = None,
+                **kwargs: Any) -> Supernet:
+    """Convert ``model`` in place into an elastic weight-sharing supernet.
+
+    Args:
+        model: a supported model (timm ResNet / EfficientNet / MobileNetV3 / ViT, HF BERT / Llama / ViT, peft LoRA).
+        config: the search space to build; defaults to the family's paper space. Keyword arguments are a shortcut
+            for ``SearchSpaceConfig(**kwargs)``.
+        adapter: force an adapter (name or instance) instead of auto-detection.
+
+    Returns:
+        The :class:`Supernet`; converting an already converted model returns its existing Supernet (idempotent).
+
+    Raises:
+        UnsupportedModelError: no adapter matches. ConversionError / ConfigError: the space does not fit the model.
+
+    Example:
+        >>> net = to_supernet(timm.create_model("resnet18"), width=(0.5, 1.0))  # doctest: +SKIP
+        >>> net.select(net.space.min_config())  # doctest: +SKIP
+    """
+    if config is not None and kwargs:
+        raise ConfigError("pass either `config` or SearchSpaceConfig keyword arguments, not both.")
+    if config is None:
+        config = SearchSpaceConfig(**kwargs)
+    if not isinstance(config, SearchSpaceConfig):
+        raise ConfigError(
+            f"`config` must be a SearchSpaceConfig, got {type(config).__name__}. "
+            "HINT: SearchSpaceConfig(width=(0.5, 1.0), depth='auto')."
+        )
+    if not isinstance(model, nn.Module):
+        raise ConversionError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    existing = get_supernet(model)
+    if existing is not None:
+        if existing.config.to_dict() != config.to_dict():
+            raise ConfigError(
+                "`model` is already a supernet with a different space config. "
+                "HINT: convert a fresh model, or reuse the existing space."
+            )
+        return existing
+    if isinstance(adapter, str):
+        adapter = get_adapter(adapter)
+    adapter = adapter or find_adapter(model)
+
+    # phase 1: plan (no change to the model)
+    plan = adapter.plan(model, config)
+    importance = resolve_importance(config.importance)
+    extra = []
+    if config.resolution is not None:
+        extra.append(ElasticDim("resolution", config.resolution, max(config.resolution), kind="resolution"))
+    _apply_overrides(plan.dims + extra, config)
+    space = SearchSpace([d for d in plan.dims + extra if d.is_elastic])
+    if len(space) == 0:
+        raise ConversionError(
+            f"the space config leaves no elastic dimension on this {type(model).__name__} "
+            f"(adapter {adapter.name!r}). HINT: set width/depth/… to 'auto' or to several values."
+        )
+    names = set()
+    for name, _ in plan.replacements:
+        if name in names:
+            raise ConversionError(f"adapter {adapter.name!r} planned two replacements for module {name!r}.")
+        names.add(name)
+        try:
+            model.get_submodule(name)
+        except AttributeError as err:
+            raise ConversionError(f"adapter {adapter.name!r} planned a replacement for missing module {name!r}.") from err
+
+    # phase 2: build every replacement (still no change to the model)
+    built = [(name, model.get_submodule(name), factory(model.get_submodule(name))) for name, factory in plan.replacements]
+
+    # phase 3: swap, deepest first so parents adopt already-swapped children; undo on failure
+    built.sort(key=lambda item: item[0].count("."), reverse=True)
+    done: list[tuple[str, nn.Module]] = []
+    try:
+        for name, original, new in built:
+            # a container built before its children were swapped must point to the swapped children
+            for child_name, child in list(new._modules.items()):
+                full = f"{name}.{child_name}"
+                swapped = model.get_submodule(full) if any(n == full for n, _ in done) else None
+                if swapped is not None:
+                    new._modules[child_name] = swapped
+            _set_submodule(model, name, new)
+            done.append((name, original))
+        for fn in plan.after_apply:
+            fn()
+    except Exception as err:
+        for name, original in reversed(done):
+            _set_submodule(model, name, original)
+        raise ConversionError(f"conversion failed and was rolled back: {err}") from err
+
+    # phase 4: importance ordering (function-preserving permutations)
+    if importance is not None:
+        for d in space:
+            if d.groups and d.kind in ("width", "heads", "rank"):
+                reorder_dim(d, importance)
+    supernet = Supernet(model, space, adapter, config, plan.meta)
+    model.__dict__[_ATTR] = supernet
+    return supernet
+
+
+class Supernet:
+    """Handle on a converted model: select, sample and export subnets.
+
+    The model itself stays the user's object (same class, same parameter names); this handle holds the space.
+    """
+
+    def __init__(self, model: nn.Module, space: SearchSpace, adapter: Adapter, config: SearchSpaceConfig,
+                 meta: dict[str, Any]) -> None:
+        self.model = model
+        self.space = space
+        self.adapter = adapter
+        self.config = config
+        self.meta = meta
+
+    def __repr__(self) -> str:
+        return (f"Supernet({type(self.model).__name__}, adapter={self.adapter.name!r}, dims={len(self.space)}, "
+                f"subnets={self.space.num_subnets:.3g})")
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    # -- configs -------------------------------------------------------------------------------------------
+    def select(self, cfg: Mapping[str, int], strict: bool = True) -> ArchConfig:
+        """Activate the subnet ``cfg`` (validated as a whole first). Returns the complete config."""
+        full = self.space.validate(cfg, strict=strict)
+        self.space.apply(full)
+        return full
+
+    @property
+    def active_config(self) -> ArchConfig:
+        return self.space.active_config()
+
+    def max_config(self) -> ArchConfig:
+        return self.space.max_config()
+
+    def min_config(self) -> ArchConfig:
+        return self.space.min_config()
+
+    def sample(self, generator: torch.Generator) -> ArchConfig:
+        return self.space.sample(generator)
+
+    @contextmanager
+    def subnet(self, cfg: Mapping[str, int], strict: bool = True) -> Iterator[ArchConfig]:
+        """Context manager: activate ``cfg`` and restore the previous config on exit."""
+        previous = self.active_config
+        try:
+            yield self.select(cfg, strict=strict)
+        finally:
+            self.space.apply(previous)
+
+    def resolution(self, cfg: Mapping[str, int] | None = None) -> int | None:
+        cfg = cfg if cfg is not None else self.active_config
+        return cfg.get("resolution") if "resolution" in self.space else None
+
+    def signature(self) -> str:
+        return self.space.signature()
+
+    # -- export --------------------------------------------------------------------------------------------
+    def export(self, cfg: Mapping[str, int] | None = None, strict: bool = True) -> nn.Module:
+        """A model of the original class with physically smaller tensors and no elastic ops.
+
+        Args:
+            cfg: the subnet (default: the active one).
+
+        Returns:
+            A new module; the supernet is left unchanged. Outputs equal the supernet's under ``cfg``.
+        """
+        cfg = self.active_config if cfg is None else self.space.validate(cfg, strict=strict)
+        with self.subnet(cfg):
+            holder = self.model.__dict__.pop(_ATTR)
+            try:
+                clone = copy.deepcopy(self.model)
+            finally:
+                self.model.__dict__[_ATTR] = holder
+        exported = _strip_elastic(clone)
+        self.adapter.finalize_export(exported, self, dict(cfg))
+        leftovers = [n for n, m in exported.named_modules() if isinstance(m, ElasticOp | ElasticSequential |
+                                                                          ElasticModuleList)]
+        if leftovers:
+            raise ElasticError(f"export left elastic modules behind: {leftovers[:5]}")
+        return exported
+
+    def save_subnet(self, directory, cfg: Mapping[str, int] | None = None) -> nn.Module:
+        """Export ``cfg`` and save it to ``directory`` (safetensors + ``subnet.json``); returns the export."""
+        from lightning_elastic.supernet.io import save_subnet
+
+        return save_subnet(self, directory, cfg)
+
+    def state_info(self) -> dict[str, Any]:
+        """JSON-serialisable description stored in checkpoints (adapter, space config, space signature)."""
+        return {"adapter": self.adapter.name, "config": self.config.to_dict(), "signature": self.signature(),
+                "meta": self.meta}
+
+
+def _strip_elastic(model: nn.Module) -> nn.Module:
+    """Replace every elastic module (children first) by its plain export."""
+    def visit(module: nn.Module) -> nn.Module:
+        for name, child in list(module._modules.items()):
+            if child is not None:
+                module._modules[name] = visit(child)
+        if isinstance(module, ElasticOp | ElasticSequential | ElasticModuleList):
+            return module.export_module()
+        return module
+
+    return visit(model)

@@ -1,0 +1,1 @@
+"""Training: samplers, distillation, the ElasticTraining callback and the ElasticModule wrapper."""

@@ -1,0 +1,78 @@
+"""BatchNorm recalibration per subnet (OFA's ``set_running_statistics``).
+
+Weight sharing makes the supernet's running statistics a blend over all sampled subnets, which is wrong for any one
+of them. Before a subnet is validated or measured, its BN statistics are re-estimated on a few training batches;
+the supernet's own statistics are restored afterwards, untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from itertools import islice
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """Feed a batch to ``model``: a tensor, the first element of a tuple/list, or a dict of keyword inputs
+    (``labels`` dropped)."""
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, list | tuple):
+        return model(batch[0])
+    if isinstance(batch, dict):
+        return model(**{k: v for k, v in batch.items() if k not in ("labels", "label", "y")})
+    raise TypeError(
+        f"cannot feed a batch of type {type(batch).__name__} to the model. HINT: pass `forward_fn=` "
+        "(model, batch) -> output."
+    )
+
+
+def batchnorm_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@contextmanager
+def recalibrated_bn(model: nn.Module, batches: Iterable[Any], num_batches: int = 10,
+                    forward_fn: Callable[[nn.Module, Any], Any] = default_forward) -> Iterator[int]:
+    """Inside the block, BatchNorm layers of the active subnet use statistics re-estimated on ``batches``.
+
+    Args:
+        model: the (converted) model with the subnet already selected.
+        batches: an iterable of batches (e.g. a train dataloader); at most ``num_batches`` are used.
+        num_batches: how many batches to average (cumulative average, not momentum).
+        forward_fn: ``(model, batch) -> output``.
+
+    Yields:
+        The number of batches used. Does nothing (yields 0) for models without BatchNorm.
+    """
+    bns = batchnorm_modules(model)
+    if not bns:
+        yield 0
+        return
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in bns]
+    was_training = model.training
+    used = 0
+    try:
+        for m in bns:
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+            m.num_batches_tracked.zero_()
+            m.momentum = None  # cumulative moving average over the calibration batches
+        model.train()
+        with torch.no_grad():
+            for batch in islice(batches, num_batches):
+                forward_fn(model, batch)
+                used += 1
+        model.train(was_training)
+        yield used
+    finally:
+        for m, (mean, var, count, momentum) in zip(bns, saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+            m.momentum = momentum
+        model.train(was_training)
