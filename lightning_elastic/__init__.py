@@ -18,7 +18,7 @@ from lightning_elastic.core.errors import (
 from lightning_elastic.core.registry import register_adapter, registered_adapters
 from lightning_elastic.core.space import SearchSpace
 from lightning_elastic.supernet.io import load_subnet, save_subnet
-from lightning_elastic.supernet.supernet import Supernet, get_supernet, to_supernet
+from lightning_elastic.supernet.supernet import Supernet, find_supernet, get_supernet, to_supernet
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "SearchSpaceConfig",
     "Supernet",
     "UnsupportedModelError",
+    "find_supernet",
     "get_supernet",
     "load_subnet",
     "register_adapter",

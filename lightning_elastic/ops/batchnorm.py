@@ -32,12 +32,18 @@ class ElasticBatchNorm2d(nn.BatchNorm2d, ElasticOp):
         weight, bias = self.sliced("weight", "bias")
         # running stats are views, never cached: F.batch_norm updates them in place
         rm, rv = self._slice("running_mean"), self._slice("running_var")
-        return F.batch_norm(
+        x = F.batch_norm(
             x,
             rm if not self.training or self.track_running_stats else None,
             rv if not self.training or self.track_running_stats else None,
             weight, bias, use_batch_stats, momentum, self.eps,
         )
+        # timm's BatchNormAct2d fuses dropout + activation after the norm
+        if "drop" in self._modules:
+            x = self.drop(x)
+        if "act" in self._modules:
+            x = self.act(x)
+        return x
 
     def _export_attributes(self, new: nn.BatchNorm2d) -> None:
         new.num_features = new.weight.shape[0] if new.weight is not None else new.running_mean.shape[0]

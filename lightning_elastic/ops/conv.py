@@ -107,7 +107,7 @@ class ElasticConv2d(nn.Conv2d, ElasticOp):
 
     def forward(self, x):
         if self.is_full():
-            return nn.Conv2d.forward(self, x)
+            return self._base_cls.forward(self, x)
         weight, bias = self.sliced("weight", "bias")
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)

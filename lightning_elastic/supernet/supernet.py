@@ -33,6 +33,15 @@ def get_supernet(model: nn.Module) -> Supernet | None:
     return model.__dict__.get(_ATTR)
 
 
+def find_supernet(module: nn.Module) -> tuple[str, Supernet] | None:
+    """The first converted submodule of ``module`` (itself included): ``(qualified name, Supernet)``, or None."""
+    for name, sub in module.named_modules():
+        net = get_supernet(sub)
+        if net is not None:
+            return name, net
+    return None
+
+
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
