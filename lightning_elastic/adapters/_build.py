@@ -36,7 +36,10 @@ class OpSpecs:
         current = self.specs.setdefault(name, {})
         for key, value in kwargs.items():
             if key in current and current[key] is not value and current[key] != value:
-                raise ConversionError(f"module {name!r} got two different `{key}` dims; this model layout is not supported.")
+                raise ConversionError(
+                    f"module {name!r} got two different `{key}` dims ({current[key]!r} and {value!r}); one axis "
+                    "follows one dimension. HINT: couple both into one ElasticDim, or exclude one of them."
+                )
             current[key] = value
 
     def emit(self, plan: ConversionPlan) -> None:
@@ -53,7 +56,10 @@ def op_class(module: nn.Module):
             return op
     if "RMSNorm" in type(module).__name__:
         return ElasticRMSNorm
-    raise ConversionError(f"no elastic op for module type {type(module).__name__}.")
+    raise ConversionError(
+        f"no elastic op for module type {type(module).__name__}; supported: Linear, Conv2d, BatchNorm2d, LayerNorm, "
+        "Embedding, *RMSNorm. HINT: build that module's replacement yourself in the adapter's plan()."
+    )
 
 
 def couple_out(group: ChannelGroup, module: nn.Module, axis: Axis | None = None) -> None:

@@ -116,7 +116,10 @@ def build_timm(meta: dict[str, Any]) -> nn.Module:
     if not meta.get("architecture"):
         from lightning_elastic.core.errors import ExportError
 
-        raise ExportError("the subnet's metadata has no timm architecture name, so it cannot be rebuilt.")
+        raise ExportError(
+            f"the subnet's metadata has no timm architecture name (meta={meta!r}), so it cannot be rebuilt. "
+            "HINT: convert models made by timm.create_model(name), which records the name in pretrained_cfg."
+        )
     kwargs = {k: meta[k] for k in ("num_classes", "in_chans", "img_size") if meta.get(k) is not None}
     return timm.create_model(meta["architecture"], pretrained=False, **kwargs)
 

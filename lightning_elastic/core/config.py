@@ -21,7 +21,10 @@ def _check_spec(name: str, value: Any) -> None:
         )
     bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0]
     if bad:
-        raise ConfigError(f"`{name}` has invalid values {bad}; values must be positive numbers. HINT: drop them.")
+        raise ConfigError(
+            f"`{name}` has invalid values {bad}; allowed: positive numbers (floats <= 1 are ratios, integers "
+            "absolute sizes). HINT: drop them."
+        )
 
 
 @dataclass
@@ -77,7 +80,10 @@ class SearchSpaceConfig:
                 )
             self.resolution = tuple(sorted(set(res)))
         if not isinstance(self.overrides, dict):
-            raise ConfigError(f"`overrides` must be a dict {{glob: [choices]}}, got {self.overrides!r}.")
+            raise ConfigError(
+                f"`overrides` must be a dict {{glob: [choices]}}, got {self.overrides!r}. "
+                "HINT: e.g. overrides={'layer1.*.width': [16, 32, 64]}."
+            )
         for key, choices in self.overrides.items():
             if not isinstance(choices, Sequence) or isinstance(choices, str) or not choices or any(
                 isinstance(c, bool) or not isinstance(c, int) or c <= 0 for c in choices
@@ -108,7 +114,10 @@ class SearchSpaceConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown SearchSpaceConfig keys {unknown}; allowed: {sorted(known)}.")
+            raise ConfigError(
+                f"unknown SearchSpaceConfig keys {unknown}; allowed: {sorted(known)}. HINT: check the spelling, "
+                "or drop keys written by another version."
+            )
         return cls(**d)
 
 

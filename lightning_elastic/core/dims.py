@@ -80,7 +80,10 @@ class ElasticDim:
         if not choices:
             raise ConfigError(f"`choices` of dimension {name!r} is empty. HINT: give at least one value <= {full}.")
         if kind not in DIM_KINDS:
-            raise ConfigError(f"`kind` of dimension {name!r} is {kind!r}; allowed: {', '.join(DIM_KINDS)}.")
+            raise ConfigError(
+                f"`kind` of dimension {name!r} is {kind!r}; allowed: {', '.join(DIM_KINDS)}. "
+                "HINT: use 'other' for a dimension that fits none of them."
+            )
         if choices[-1] != full or choices[0] <= 0:
             raise ConfigError(
                 f"`choices` of dimension {name!r} are {choices}; they must be positive and the largest must equal "

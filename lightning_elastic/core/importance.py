@@ -52,8 +52,12 @@ def resolve_importance(importance: str | ImportanceFn | None) -> ImportanceFn | 
 
 
 @torch.no_grad()
-def reorder_dim(dim: ElasticDim, importance: ImportanceFn) -> None:
-    """Sort every channel group of ``dim`` by descending importance and permute its tensors in place."""
+def importance_order(dim: ElasticDim, importance: ImportanceFn) -> list[torch.Tensor]:
+    """One permutation per channel group of ``dim`` (descending score); reads tensors, changes nothing.
+
+    Raises:
+        ConfigError: the importance callable returned something other than ``n_units`` scores.
+    """
     perms = []
     for group in dim.groups:
         if not group.tensors:
@@ -62,15 +66,32 @@ def reorder_dim(dim: ElasticDim, importance: ImportanceFn) -> None:
         first = group.tensors[0]
         n_units = first.tensor.shape[first.axis] // (first.unit * first.segments)
         scores = importance(group, n_units)
-        perm = torch.argsort(scores, descending=True, stable=True)
-        seen: set[int] = set()
+        if not isinstance(scores, torch.Tensor) or scores.shape != (n_units,):
+            got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise ConfigError(
+                f"`importance` returned {got} for dimension {dim.name!r}; allowed: a 1-D tensor of {n_units} "
+                "scores (one per unit). HINT: reduce over every axis but the unit axis."
+            )
+        perms.append(torch.argsort(scores.detach().float().cpu(), descending=True, stable=True))
+    return perms
+
+
+@torch.no_grad()
+def apply_order(dim: ElasticDim, perms: list[torch.Tensor]) -> None:
+    """Permute every tensor of ``dim``'s channel groups in place by ``perms`` (from :func:`importance_order`)."""
+    for group, perm in zip(dim.groups, perms):
+        seen: set[tuple[int, int]] = set()
         for ct in group.tensors:
-            key = id(ct.tensor)
+            # a tied tensor is permuted once per axis (a square Linear can read and write the same channel space)
+            key = (id(ct.tensor), ct.axis % ct.tensor.dim())
             if key in seen:
                 continue
             seen.add(key)
             old = ct.tensor
-            new = permute_axis(old.data, ct.axis, perm, ct.unit, ct.segments)
-            old.data = new  # keep the Parameter object (and its name) and change its values only
-        perms.append(perm)
+            old.data = permute_axis(old.data, ct.axis, perm, ct.unit, ct.segments)  # same Parameter, new values
     dim.importance = perms
+
+
+def reorder_dim(dim: ElasticDim, importance: ImportanceFn) -> None:
+    """Sort every channel group of ``dim`` by descending importance and permute its tensors in place."""
+    apply_order(dim, importance_order(dim, importance))

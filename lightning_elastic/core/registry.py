@@ -44,7 +44,10 @@ def registered_adapters() -> dict[str, Adapter]:
 def get_adapter(name: str) -> Adapter:
     _load_builtin()
     if name not in _ADAPTERS:
-        raise RegistryError(f"`adapter` {name!r} is not registered; registered: {sorted(_ADAPTERS)}.")
+        raise RegistryError(
+            f"`adapter` {name!r} is not registered; registered: {sorted(_ADAPTERS)}. HINT: import the module "
+            "that calls register_adapter(...) first, or pass the Adapter instance itself."
+        )
     return _ADAPTERS[name]
 
 
@@ -55,8 +58,10 @@ def find_adapter(model: nn.Module) -> Adapter:
         if adapter.matches(model):
             return adapter
     supported = "\n".join(f"  - {a.name}: {a.supported}" for a in _ADAPTERS.values())
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    found = f" (model_type {model_type!r})" if isinstance(model_type, str) else ""
     raise UnsupportedModelError(
-        f"no adapter can convert a {type(model).__module__}.{type(model).__name__}. Supported families:\n"
+        f"no adapter can convert a {type(model).__module__}.{type(model).__name__}{found}. Supported families:\n"
         f"{supported}\nHINT: subclass lightning_elastic.adapters.Adapter and call "
         "lightning_elastic.register_adapter(MyAdapter()); see docs/adding_an_adapter.md."
     )

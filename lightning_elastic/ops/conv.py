@@ -39,7 +39,7 @@ class ElasticConv2d(nn.Conv2d, ElasticOp):
                     f"elastic kernel needs a square kernel with static padding, got kernel_size={k}, "
                     f"padding={module.padding!r}. HINT: exclude this conv's kernel dimension."
                 )
-            bad = [c for c in kernel_dim.choices if c % 2 == 0]
+            bad = [c for c in kernel_dim.choices if c % 2 == 0 or c > k[0]]
             if bad:
                 raise ConversionError(
                     f"`kernel` choices must be odd sizes <= {k[0]}, got {list(kernel_dim.choices)}. "
@@ -48,7 +48,7 @@ class ElasticConv2d(nn.Conv2d, ElasticOp):
         if depthwise and module.groups != module.in_channels:
             raise ConversionError(
                 f"`depthwise=True` needs groups == in_channels, got groups={module.groups}, "
-                f"in_channels={module.in_channels}."
+                f"in_channels={module.in_channels}. HINT: pass depthwise=False for grouped or dense convs."
             )
         new = cls._adopt(module)
         new.in_axis, new.out_axis = as_axis(in_axis), as_axis(out_axis)
@@ -110,7 +110,9 @@ class ElasticConv2d(nn.Conv2d, ElasticOp):
             return self._base_cls.forward(self, x)
         weight, bias = self.sliced("weight", "bias")
         if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            # the crop shrinks the padding too, else the output would grow
+            pad = [p for p in reversed(self._active_padding()) for _ in range(2)]
+            x = F.pad(x, pad, mode=self.padding_mode)
             return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self._active_groups())
         return F.conv2d(x, weight, bias, self.stride, self._active_padding(), self.dilation, self._active_groups())
 

@@ -49,6 +49,19 @@ class ElasticSequential(nn.Sequential, _DepthMixin):
             x = module(x)
         return x
 
+    # like ElasticModuleList: iteration, len and indexing see the kept blocks only (state_dict and
+    # named_modules still see every block, through ``_modules``)
+    def __iter__(self):
+        return iter(self.active_modules())
+
+    def __len__(self) -> int:
+        return len(self.active_indices())
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return nn.Sequential(*self.active_modules()[idx])
+        return self.active_modules()[idx]
+
     def export_module(self) -> nn.Sequential:
         names = list(self._modules)
         return nn.Sequential(*[self._modules[names[i]] for i in self.active_indices()])
@@ -70,7 +83,7 @@ class ElasticModuleList(nn.ModuleList, _DepthMixin):
         return iter(self.active_modules())
 
     def __len__(self) -> int:
-        return self.depth.active
+        return len(self.active_indices())
 
     def __getitem__(self, idx):
         if isinstance(idx, slice):

@@ -8,6 +8,7 @@ Gemma form ``(1 + weight)``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lightning_elastic.core.dims import ElasticDim
@@ -22,14 +23,15 @@ class ElasticRMSNorm(nn.Module, ElasticOp):
     def from_module(cls, module: nn.Module, axis: ElasticDim | Axis, offset: float = 0.0) -> ElasticRMSNorm:
         weight = getattr(module, "weight", None)
         eps = getattr(module, "eps", getattr(module, "variance_epsilon", None))
-        if weight is None or weight.dim() != 1 or eps is None:
+        native = isinstance(module, nn.RMSNorm)  # eps=None is valid there: finfo(dtype).eps at run time
+        if weight is None or weight.dim() != 1 or (eps is None and not native):
             raise ConversionError(
                 f"{type(module).__name__} is not an RMSNorm this op understands: it needs a 1-D `weight` and an "
                 "`eps` or `variance_epsilon` attribute. HINT: register a custom op for this norm."
             )
         new = cls._adopt(module)
         new.axis = as_axis(axis)
-        new._eps = float(eps) if eps is not None else 1e-6
+        new._eps = float(eps) if eps is not None else None
         new._offset = offset
         new._slices = {"weight": [(0, new.axis)]}
         return new
@@ -38,6 +40,8 @@ class ElasticRMSNorm(nn.Module, ElasticOp):
         if self.is_full():
             return self._base_cls.forward(self, x)
         (weight,) = self.sliced("weight")
+        if issubclass(self._base_cls, nn.RMSNorm):
+            return F.rms_norm(x, (weight.shape[0],), weight, self.eps)
         dtype = x.dtype
         h = x.to(torch.float32)
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self._eps)

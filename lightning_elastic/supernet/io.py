@@ -56,9 +56,10 @@ def save_subnet(supernet: Supernet, directory: str | Path, cfg: Mapping[str, int
         "model_class": f"{type(exported).__module__}.{type(exported).__qualname__}",
         "num_params": sum(p.numel() for p in exported.parameters()),
     }
-    supernet.adapter.save(exported, supernet, dict(cfg), directory)
     save_file(_contiguous_state(exported), str(directory / WEIGHTS))
     (directory / INFO).write_text(json.dumps(info, indent=2))
+    # adapter files last so they win (an HF save_pretrained rewrites model.safetensors with the same keys)
+    supernet.adapter.save(exported, supernet, dict(cfg), directory)
     return exported
 
 
@@ -80,7 +81,15 @@ def load_subnet(directory: str | Path) -> nn.Module:
         )
     info = json.loads(info_path.read_text())
     if info.get("format_version") != FORMAT_VERSION:
-        raise ExportError(f"{INFO} has format_version {info.get('format_version')!r}; supported: {FORMAT_VERSION}.")
+        raise ExportError(
+            f"{INFO} in {str(directory)!r} has format_version {info.get('format_version')!r}; supported: "
+            f"{FORMAT_VERSION}. HINT: load it with the lightning-elastic version that wrote it and save it again."
+        )
+    missing_keys = [k for k in ("adapter", "arch_config", "space_config", "meta") if k not in info]
+    if missing_keys:
+        raise ExportError(
+            f"{INFO} in {str(directory)!r} lacks the keys {missing_keys}. HINT: pass a folder written by save_subnet."
+        )
     adapter = get_adapter(info["adapter"])
     direct = adapter.load(directory, info)
     if direct is not None:
@@ -89,8 +98,19 @@ def load_subnet(directory: str | Path) -> nn.Module:
     space_config = SearchSpaceConfig.from_dict({**info["space_config"], "importance": None})
     supernet = to_supernet(original, space_config, adapter=adapter)
     exported = supernet.export(info["arch_config"])
+    if not (directory / WEIGHTS).is_file():
+        raise ExportError(
+            f"`directory` {str(directory)!r} has {INFO} but no {WEIGHTS}. HINT: copy the whole folder written by "
+            "save_subnet."
+        )
     state = load_file(str(directory / WEIGHTS))
-    missing, unexpected = exported.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = exported.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches raise even with strict=False
+        raise ExportError(
+            f"weights in {str(directory)!r} do not fit the subnet {info['arch_config']}: {str(err).strip().rstrip('.')}. HINT: the weights "
+            f"and {INFO} must come from the same save_subnet call."
+        ) from err
     # tied weights were saved once: a missing key is fine only if it is tied to a present one
     real_missing = [k for k in missing if k not in _tied_keys(exported)]
     if real_missing or unexpected:

@@ -18,8 +18,8 @@ from torch import nn
 from lightning_elastic.adapters.base import Adapter
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.dims import ElasticDim
-from lightning_elastic.core.errors import ConfigError, ConversionError, ElasticError
-from lightning_elastic.core.importance import reorder_dim, resolve_importance
+from lightning_elastic.core.errors import ConfigError, ConversionError, ExportError
+from lightning_elastic.core.importance import apply_order, importance_order, resolve_importance
 from lightning_elastic.core.registry import find_adapter, get_adapter
 from lightning_elastic.core.space import ArchConfig, SearchSpace
 from lightning_elastic.ops.base import ElasticOp
@@ -93,7 +93,10 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
         >>> net.select(net.space.min_config())  # doctest: +SKIP
     """
     if config is not None and kwargs:
-        raise ConfigError("pass either `config` or SearchSpaceConfig keyword arguments, not both.")
+        raise ConfigError(
+            f"pass either `config` or SearchSpaceConfig keyword arguments, not both; got config and {sorted(kwargs)}. "
+            "HINT: put the keywords into the SearchSpaceConfig."
+        )
     if config is None:
         config = SearchSpaceConfig(**kwargs)
     if not isinstance(config, SearchSpaceConfig):
@@ -102,7 +105,10 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
             "HINT: SearchSpaceConfig(width=(0.5, 1.0), depth='auto')."
         )
     if not isinstance(model, nn.Module):
-        raise ConversionError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+        raise ConversionError(
+            f"`model` must be a torch.nn.Module, got {type(model).__name__}. HINT: pass the backbone module, "
+            "e.g. timm.create_model(...)."
+        )
     existing = get_supernet(model)
     if existing is not None:
         if existing.config.to_dict() != config.to_dict():
@@ -131,15 +137,24 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
     names = set()
     for name, _ in plan.replacements:
         if name in names:
-            raise ConversionError(f"adapter {adapter.name!r} planned two replacements for module {name!r}.")
+            raise ConversionError(
+                f"adapter {adapter.name!r} planned two replacements for module {name!r}. HINT: merge the axes "
+                "of one module with adapters._build.OpSpecs so it gets a single replacement."
+            )
         names.add(name)
         try:
             model.get_submodule(name)
         except AttributeError as err:
-            raise ConversionError(f"adapter {adapter.name!r} planned a replacement for missing module {name!r}.") from err
+            raise ConversionError(
+                f"adapter {adapter.name!r} planned a replacement for missing module {name!r}. HINT: the "
+                "adapter does not fit this model variant; fix its plan()."
+            ) from err
 
     # phase 2: build every replacement (still no change to the model)
     built = [(name, model.get_submodule(name), factory(model.get_submodule(name))) for name, factory in plan.replacements]
+    # importance scores only read tensors, so a failing (custom) score function also leaves the model untouched
+    orders = [(d, importance_order(d, importance)) for d in space
+              if importance is not None and d.groups and d.kind in ("width", "heads", "rank")]
 
     # phase 3: swap, deepest first so parents adopt already-swapped children; undo on failure
     built.sort(key=lambda item: item[0].count("."), reverse=True)
@@ -147,7 +162,7 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
     try:
         for name, original, new in built:
             # a container built before its children were swapped must point to the swapped children
-            for child_name, child in list(new._modules.items()):
+            for child_name in list(new._modules):
                 full = f"{name}.{child_name}"
                 swapped = model.get_submodule(full) if any(n == full for n, _ in done) else None
                 if swapped is not None:
@@ -159,13 +174,13 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
     except Exception as err:
         for name, original in reversed(done):
             _set_submodule(model, name, original)
-        raise ConversionError(f"conversion failed and was rolled back: {err}") from err
+        raise ConversionError(
+            f"conversion failed and was rolled back: {err}. HINT: the model is unchanged; see the chained error."
+        ) from err
 
     # phase 4: importance ordering (function-preserving permutations)
-    if importance is not None:
-        for d in space:
-            if d.groups and d.kind in ("width", "heads", "rank"):
-                reorder_dim(d, importance)
+    for d, perms in orders:
+        apply_order(d, perms)
     supernet = Supernet(model, space, adapter, config, plan.meta)
     model.__dict__[_ATTR] = supernet
     return supernet
@@ -250,7 +265,10 @@ class Supernet:
         leftovers = [n for n, m in exported.named_modules() if isinstance(m, ElasticOp | ElasticSequential |
                                                                           ElasticModuleList)]
         if leftovers:
-            raise ElasticError(f"export left elastic modules behind: {leftovers[:5]}")
+            raise ExportError(
+                f"export left elastic modules behind: {leftovers[:5]}. HINT: each elastic op needs an "
+                "`export_module()`; this is a bug in the adapter or op."
+            )
         return exported
 
     def save_subnet(self, directory, cfg: Mapping[str, int] | None = None) -> nn.Module:

@@ -1,0 +1,242 @@
+"""Subnet search evidence on a small enumerable space (see benchmarks/search.md).
+
+1. Train a small timm ResNet supernet on sklearn digits (plain-PyTorch sandwich loop over ``supernet.select``).
+2. Measure every subnet once for real (``SubnetMeasurer``: the LightningModule's validation loop with BN
+   recalibrated, exact MACs) and cache the table under ``outputs/bench_search/``.
+3. For several seeds: how many real evaluations LINAS and random search need to reach 99% of the true front's
+   hypervolume (val_acc:max, macs:min), driving the real ``SearchLoop`` with the cached table as evaluator.
+4. Predictor Kendall tau on held-out subnets (fit on a random sample, predict all the others).
+5. Search overhead (everything but real evaluations) as a fraction of wall time of a real 200-evaluation run.
+
+Run: ``.venv/bin/python benchmarks/bench_search.py [--seeds 5] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import optuna
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lightning_elastic import SearchSpaceConfig, to_supernet  # noqa: E402
+from lightning_elastic.search import study as st  # noqa: E402
+from lightning_elastic.search.loop import SearchLoop, non_dominated_ranks  # noqa: E402
+from lightning_elastic.search.measure import SubnetMeasurer, config_key  # noqa: E402
+from lightning_elastic.search.objectives import parse_objectives  # noqa: E402
+from lightning_elastic.search.predictors import Predictor, features, kendall_tau  # noqa: E402
+from lightning_elastic.search.run import SearchSettings, search_supernet  # noqa: E402
+
+OUT = ROOT / "outputs" / "bench_search"
+OBJECTIVES = parse_objectives(["val_acc:max", "macs:min"])
+
+
+class Classifier(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.models.resnet import BasicBlock, ResNet
+
+        self.backbone = ResNet(BasicBlock, [1, 1, 1, 1], channels=(16, 32, 64, 128), stem_width=16, num_classes=10,
+                               in_chans=1)
+        self.supernet = None
+
+    def forward(self, x):
+        return self.backbone(x)
+
+    def validation_step(self, batch, _):
+        x, y = batch
+        self.log("val_acc", (self(x).argmax(-1) == y).float().mean())
+
+
+def data(size: int = 16):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm]
+    n = 1100
+    return TensorDataset(x[:n], y[:n]), TensorDataset(x[n:], y[n:])
+
+
+def train_supernet(epochs: int) -> tuple[Classifier, DataLoader, DataLoader]:
+    torch.manual_seed(0)
+    model = Classifier()
+    net = to_supernet(model.backbone, SearchSpaceConfig(width=(0.25, 0.5, 0.75, 1.0), depth=None))
+    model.supernet = net
+    train, val = data()
+    tl = DataLoader(train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    vl = DataLoader(val, batch_size=256)
+    ckpt = OUT / "supernet.pt"
+    if ckpt.exists():
+        model.load_state_dict(torch.load(ckpt))
+        return model, tl, vl
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * len(tl))
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(epochs):
+        for x, y in tl:
+            opt.zero_grad()
+            # sandwich rule: max (hard labels), min and 2 random (in-place KD from the max)
+            net.select(net.max_config())
+            logits = model(x)
+            nn.functional.cross_entropy(logits, y).backward()
+            soft = logits.detach().softmax(-1)
+            for cfg in (net.min_config(), net.sample(gen), net.sample(gen)):
+                net.select(cfg)
+                out = model(x).log_softmax(-1)
+                nn.functional.kl_div(out, soft, reduction="batchmean").backward()
+            opt.step()
+            sched.step()
+    net.select(net.max_config())
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), ckpt)
+    return model, tl, vl
+
+
+def exhaustive_table(model, tl, vl) -> tuple[list[dict], float]:
+    path = OUT / "table.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return saved["rows"], saved["seconds_per_eval"]
+    net = model.supernet
+    measurer = SubnetMeasurer(model, net, vl, tl, ["val_acc", "macs"], bn_calibration_batches=4)
+    rows, start = [], time.perf_counter()
+    for cfg in net.space.enumerate():
+        rows.append({"config": cfg, **measurer.measure(cfg)})
+    per_eval = (time.perf_counter() - start) / len(rows)
+    path.write_text(json.dumps({"rows": rows, "seconds_per_eval": per_eval}))
+    return rows, per_eval
+
+
+def hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
+    """2-D hypervolume of minimisation points w.r.t. ``ref``."""
+    pts = points[(points < ref).all(axis=1)]
+    if not len(pts):
+        return 0.0
+    front = pts[non_dominated_ranks(pts) == 0]
+    front = front[np.argsort(front[:, 0])]
+    hv, prev_y = 0.0, ref[1]
+    for x, y in front:
+        if y < prev_y:
+            hv += (ref[0] - x) * (prev_y - y)
+            prev_y = y
+    return hv
+
+
+def min_form(rows, lo, hi) -> np.ndarray:
+    pts = np.array([[-r["val_acc"], r["macs"]] for r in rows])
+    return (pts - lo) / (hi - lo)
+
+
+def evals_to_target(order: list[dict], lo, hi, ref, true_hv: float, frac: float = 0.99) -> int | None:
+    for n in range(1, len(order) + 1):
+        if hypervolume(min_form(order[:n], lo, hi), ref) >= frac * true_hv:
+            return n
+    return None
+
+
+def run_strategy(rows, space, strategy: str, seed: int, budget: int) -> tuple[list[dict], SearchLoop]:
+    table = {config_key(r["config"]): r for r in rows}
+    study = optuna.create_study(directions=[o.optuna_direction for o in OBJECTIVES],
+                                sampler=optuna.samplers.RandomSampler(seed=seed))
+    loop = SearchLoop(space, OBJECTIVES, {}, lambda c: {k: table[config_key(c)][k] for k in ("val_acc", "macs")},
+                      lambda c: {"params": 0.0, "macs": table[config_key(c)]["macs"]}, study, strategy=strategy,
+                      num_evals=budget, rounds=max(1, (budget - 16) // 6), initial=16, seed=seed,
+                      predictor_trials=640, progress=False)
+    loop.run()
+    done = sorted(st.real_trials(study), key=lambda t: t.number)
+    return [table[t.user_attrs["config_key"]] for t in done], loop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--linas-budget", type=int, default=80)
+    parser.add_argument("--overhead-evals", type=int, default=200)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    OUT.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model, tl, vl = train_supernet(args.epochs)
+    train_s = time.perf_counter() - t0
+    rows, per_eval = exhaustive_table(model, tl, vl)
+    space = model.supernet.space
+    accs = np.array([r["val_acc"] for r in rows])
+    print(f"space: {space.num_subnets} subnets; train {train_s:.0f}s; {per_eval:.3f}s per real evaluation; "
+          f"val_acc {accs.min():.3f}..{accs.max():.3f}")
+
+    pts = np.array([[-r["val_acc"], r["macs"]] for r in rows])
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    ref = np.array([1.0, 1.0])  # the table's nadir after normalisation
+    true_hv = hypervolume(min_form(rows, lo, hi), ref)
+    results = {"num_subnets": space.num_subnets, "seconds_per_eval": per_eval, "true_front_size":
+               int((non_dominated_ranks(pts) == 0).sum()), "seeds": []}
+    for seed in range(args.seeds):
+        linas_order, loop = run_strategy(rows, space, "linas", seed, args.linas_budget)
+        random_order, _ = run_strategy(rows, space, "random", seed, len(rows))
+        n_linas = evals_to_target(linas_order, lo, hi, ref, true_hv)
+        n_random = evals_to_target(random_order, lo, hi, ref, true_hv)
+        entry = {"seed": seed, "linas": n_linas, "random": n_random,
+                 "linas_final_tau": loop.quality["val_acc"].kendall_tau if loop.quality else None}
+        results["seeds"].append(entry)
+        print(entry, flush=True)
+
+    # predictor quality on held-out subnets: fit on a random sample, rank all the others
+    taus = {}
+    for n_fit in (32, 64):
+        vals = []
+        for seed in range(args.seeds):
+            idx = np.random.default_rng(seed).permutation(len(rows))
+            fit, held = [rows[i] for i in idx[:n_fit]], [rows[i] for i in idx[n_fit:]]
+            X = lambda rs: [features(space, r["config"], {"params": 0.0, "macs": r["macs"]}) for r in rs]  # noqa: E731
+            p = Predictor("val_acc", ("ridge", "extra_trees", "gp"), seed=seed).fit(X(fit), [r["val_acc"] for r in fit])
+            vals.append(kendall_tau([r["val_acc"] for r in held], p.predict(X(held))))
+        taus[n_fit] = vals
+        print(f"held-out Kendall tau, fit on {n_fit}: {np.round(vals, 3).tolist()}", flush=True)
+    results["heldout_tau"] = {str(k): v for k, v in taus.items()}
+
+    # overhead of a real search (real measurements through the validation loop)
+    out = OUT / "overhead"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    settings = SearchSettings(objectives=("val_acc:max", "macs:min"), num_evals=min(args.overhead_evals, len(rows)),
+                              output_dir=out, rounds=10, bn_calibration_batches=4, progress=False, export_top=3)
+    result = search_supernet(model, model.supernet, vl, tl, settings)
+    s = result.summary
+    wall = s["wall_s"]
+    real = s["timings"]["evaluate_s"]
+    results["overhead"] = {"num_evals": len(result.evaluations), "wall_s": wall, "evaluate_s": real,
+                           "overhead_fraction": (wall - real) / wall, "timings": s["timings"],
+                           "measure_timings": s["measure_timings"], "predictors": s["predictors"]}
+    print(json.dumps(results["overhead"], indent=1))
+
+    lin = [e["linas"] for e in results["seeds"]]
+    ran = [e["random"] for e in results["seeds"]]
+    if all(v is not None for v in lin + ran):
+        results["median_linas"], results["median_random"] = float(np.median(lin)), float(np.median(ran))
+        results["ratio_of_medians"] = results["median_random"] / results["median_linas"]
+        results["ratios"] = [r / max(1, v) for r, v in zip(ran, lin)]
+    print(json.dumps({k: v for k, v in results.items() if k != "overhead"}, indent=1))
+    (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Measure a real subnet: the user's validation metric, params, MACs and latency.
+
+Accuracy runs the user's own validation loop through a lightweight ``L.Trainer.validate`` (no logger, no progress
+bar, one device) rather than calling ``validation_step`` by hand: ``self.log`` only works inside a Trainer loop, and
+the Trainer also runs ``on_validation_epoch_end``, torchmetrics reduction and the dataloader plumbing the user wrote.
+One Trainer is built once and reused for every subnet; its overhead is reported by ``benchmarks/bench_search.py``.
+BatchNorm statistics are re-estimated per subnet on a fixed list of training batches (the same for every subnet).
+
+Params and MACs come from one batch-1 forward of the *selected* supernet under ``FlopCounterMode`` (MACs = FLOPs / 2):
+elastic ops compute with prefix slices, so the count equals the exported model's (tested) without the export copy.
+Latency is timed with ``torch.utils.benchmark`` on the exported subnet by default, since that is what ships.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from itertools import islice
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_elastic.core.errors import ConfigError
+from lightning_elastic.core.space import ArchConfig
+from lightning_elastic.ops.base import ElasticOp
+from lightning_elastic.supernet.supernet import Supernet
+from lightning_elastic.training.calibration import default_forward, recalibrated_bn
+
+
+def config_key(cfg: Mapping[str, int]) -> str:
+    """Canonical string of a config (sorted JSON), used to cache and de-duplicate evaluations."""
+    return json.dumps({k: int(v) for k, v in cfg.items()}, sort_keys=True)
+
+
+def _input_batch(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, list | tuple) and x and isinstance(x[0], torch.Tensor):
+        return x[0]
+    if isinstance(x, dict):
+        for key in ("pixel_values", "input_ids", "x", "image", "images"):
+            if isinstance(x.get(key), torch.Tensor):
+                return x[key]
+    return None
+
+
+@contextmanager
+def resized_inputs(model: nn.Module, resolution: int | None) -> Iterator[None]:
+    """Resize 4-D image inputs to ``resolution`` px (bilinear) inside the block: the elastic ``resolution`` dim."""
+    if resolution is None:
+        yield
+        return
+
+    def hook(_module, args):
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4 and args[0].is_floating_point():
+            x = args[0]
+            if x.shape[-1] != resolution or x.shape[-2] != resolution:
+                x = nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+            return (x, *args[1:])
+        return None
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def count_costs(supernet: Supernet, cfg: Mapping[str, int], input_shape: tuple[int, ...]) -> dict[str, float]:
+    """Exact ``params`` and ``macs`` of subnet ``cfg`` at batch 1 (one forward of the selected supernet).
+
+    Params are those of the modules the forward actually runs (skipped blocks excluded), with elastic ops counted
+    at their active slice, each Parameter once.
+
+    Example:
+        >>> count_costs(net, net.min_config(), (3, 32, 32))  # doctest: +SKIP
+        {'params': 1234.0, 'macs': 56789.0}
+    """
+    model = supernet.model
+    device = next(model.parameters()).device
+    shape = _shape_at(input_shape, supernet.resolution(cfg))
+    called: list[nn.Module] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, _a: called.append(mod)) for m in model.modules()]
+    was_training = model.training
+    try:
+        model.eval()
+        with supernet.subnet(cfg), torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros((1, *shape), device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    seen: dict[int, int] = {}
+    with supernet.subnet(cfg):
+        for module in {id(m): m for m in called}.values():
+            for name, p in module._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen[id(p)] = module._slice(name).numel() if isinstance(module, ElasticOp) else p.numel()
+    return {"params": float(sum(seen.values())), "macs": counter.get_total_flops() / 2.0}
+
+
+def _shape_at(input_shape: tuple[int, ...], resolution: int | None) -> tuple[int, ...]:
+    if resolution is None or len(input_shape) != 3:
+        return tuple(input_shape)
+    return (input_shape[0], resolution, resolution)
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1, device: str = "cpu",
+                    min_run_time: float = 0.1, num_threads: int = 1) -> float:
+    """Median forward latency in milliseconds (``torch.utils.benchmark.Timer.blocked_autorange``)."""
+    from torch.utils import benchmark
+
+    model = model.to(device).eval()
+    x = torch.randn((batch_size, *input_shape), device=device)
+    with torch.no_grad():
+        model(x)  # warm-up: allocator, cudnn autotune
+        timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=num_threads)
+        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+class SubnetMeasurer:
+    """Measures subnets of a trained supernet inside a LightningModule; results cached per config.
+
+    Args:
+        pl_module: the user's LightningModule holding the converted model.
+        supernet: its :class:`Supernet` (``find_supernet(pl_module)[1]``).
+        val_dataloaders: the validation dataloader(s) the user's validation loop runs on.
+        calibration_batches: training batches for BatchNorm recalibration (a dataloader or list), or None.
+        names: which quantities to measure (metric names, ``params``, ``macs``, ``latency_ms``).
+        bn_calibration_batches: how many calibration batches per subnet (0 disables recalibration).
+        input_shape: per-sample input shape, e.g. ``(3, 224, 224)``; None infers it from the first val batch.
+        latency_device / latency_batch_size / latency_of: where and how latency is timed (``"export"`` or
+            ``"supernet"``).
+        accelerator: accelerator of the validation Trainer (default: where ``pl_module`` lives).
+
+    Example:
+        >>> m = SubnetMeasurer(model, net, dm.val_dataloader(), dm.train_dataloader(), ["val_acc", "macs"])
+        >>> m.measure(net.min_config())  # doctest: +SKIP
+        {'val_acc': 0.81, 'macs': 1.2e6, ...}
+    """
+
+    def __init__(self, pl_module: Any, supernet: Supernet, val_dataloaders: Any, calibration_batches: Any,
+                 names: Iterable[str], bn_calibration_batches: int = 10, input_shape: tuple[int, ...] | None = None,
+                 latency_device: str = "cpu", latency_batch_size: int = 1, latency_of: str = "export",
+                 latency_min_run_time: float = 0.1, accelerator: str | None = None) -> None:
+        self.pl_module = pl_module
+        self.supernet = supernet
+        self.val_dataloaders = val_dataloaders
+        self.names = list(names)
+        self.metric_names = [n for n in self.names if n not in ("params", "macs", "latency_ms")]
+        self.bn_calibration_batches = bn_calibration_batches
+        self.latency_device = latency_device
+        self.latency_batch_size = latency_batch_size
+        self.latency_of = latency_of
+        self.latency_min_run_time = latency_min_run_time
+        device = next(supernet.model.parameters()).device
+        self.accelerator = accelerator or ("gpu" if device.type == "cuda" else "cpu")
+        self._device = device
+        self._calibration = self._take(calibration_batches, bn_calibration_batches)
+        self._input_shape = tuple(input_shape) if input_shape is not None else None
+        self._trainer = None
+        self._cost_cache: dict[str, dict[str, float]] = {}
+        self.timings: dict[str, float] = {"validate_s": 0.0, "costs_s": 0.0, "latency_s": 0.0}
+
+    @staticmethod
+    def _take(batches: Any, n: int) -> list[Any]:
+        # a fixed list: every subnet is calibrated on the same batches, and a shuffling loader is iterated once
+        if batches is None or n <= 0:
+            return []
+        return list(islice(iter(batches), n))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        if self._input_shape is None:
+            loaders = self.val_dataloaders if isinstance(self.val_dataloaders, list | tuple) else [self.val_dataloaders]
+            x = _input_batch(next(iter(loaders[0])))
+            if x is None:
+                raise ConfigError(
+                    "`input_shape` is None and cannot be inferred from the validation batches. "
+                    "HINT: pass input_shape=(3, 224, 224) (per sample, without the batch dim)."
+                )
+            self._input_shape = tuple(x.shape[1:])
+        return self._input_shape
+
+    def costs(self, cfg: Mapping[str, int]) -> dict[str, float]:
+        """Exact params and MACs of ``cfg`` (cached)."""
+        key = config_key(cfg)
+        if key not in self._cost_cache:
+            start = time.perf_counter()
+            self._cost_cache[key] = count_costs(self.supernet, cfg, self.input_shape)
+            self.timings["costs_s"] += time.perf_counter() - start
+        return dict(self._cost_cache[key])
+
+    def measure(self, cfg: Mapping[str, int]) -> dict[str, float]:
+        """Every requested quantity for subnet ``cfg``, plus ``params`` and ``macs`` (always, they are cheap).
+
+        Raises:
+            ConfigError: a requested metric is not logged by the validation loop (the message lists those that are).
+        """
+        cfg = self.supernet.space.validate(cfg)
+        out = self.costs(cfg)
+        if self.metric_names:
+            out.update(self.validate(cfg))
+        if "latency_ms" in self.names:
+            start = time.perf_counter()
+            out["latency_ms"] = self.latency(cfg)
+            self.timings["latency_s"] += time.perf_counter() - start
+        return out
+
+    def latency(self, cfg: ArchConfig) -> float:
+        shape = _shape_at(self.input_shape, self.supernet.resolution(cfg))
+        if self.latency_of == "export":
+            model = self.supernet.export(cfg)
+            return measure_latency(model, shape, self.latency_batch_size, self.latency_device,
+                                   self.latency_min_run_time)
+        with self.supernet.subnet(cfg):
+            return measure_latency(self.supernet.model, shape, self.latency_batch_size, self.latency_device,
+                                   self.latency_min_run_time)
+
+    def _validation_trainer(self):
+        if self._trainer is None:
+            import lightning as L
+
+            self._trainer = L.Trainer(accelerator=self.accelerator, devices=1, logger=False,
+                                      enable_progress_bar=False, enable_model_summary=False,
+                                      enable_checkpointing=False, num_sanity_val_steps=0)
+        return self._trainer
+
+    def validate(self, cfg: ArchConfig) -> dict[str, float]:
+        """Run the user's validation loop on subnet ``cfg`` with BN recalibrated; return the requested metrics."""
+        start = time.perf_counter()
+        model = self.supernet.model
+        previous_trainer = getattr(self.pl_module, "_trainer", None)
+        calibration = [_to_device(b, self._device) for b in self._calibration]
+        res = resized_inputs(model, self.supernet.resolution(cfg)) if "resolution" in self.supernet.space else None
+        try:
+            with self.supernet.subnet(cfg), (res or nullcontext()), recalibrated_bn(
+                    model, calibration, len(calibration), default_forward):
+                results = self._validation_trainer().validate(self.pl_module, dataloaders=self.val_dataloaders,
+                                                              verbose=False)
+        finally:
+            # Trainer.validate re-points pl_module.trainer; give the fit Trainer back to the caller
+            self.pl_module._trainer = previous_trainer
+        self.timings["validate_s"] += time.perf_counter() - start
+        logged: dict[str, float] = {}
+        for metrics in results:
+            for k, v in metrics.items():
+                logged.setdefault(k, float(v))
+                logged.setdefault(k.split("/dataloader_idx_")[0], float(v))
+        missing = [n for n in self.metric_names if n not in logged]
+        if missing:
+            raise ConfigError(
+                f"`objectives` ask for metric(s) {missing} that the validation loop did not log; it logged "
+                f"{sorted(k for k in logged if '/dataloader_idx_' not in k)}. HINT: use the name passed to "
+                "`self.log(...)` in validation_step (your `monitor` name), e.g. 'val_acc:max'."
+            )
+        return {n: logged[n] for n in self.metric_names}
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    return move_data_to_device(batch, device)

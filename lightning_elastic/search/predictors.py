@@ -1,0 +1,148 @@
+"""Lightly trained predictors of a subnet's metrics from its config encoding (scikit-learn).
+
+Features are ``space.encode(cfg)`` plus the exact log-params and log-MACs (cheap to count, and the strongest single
+signal for accuracy). For each predicted quantity several small regressors are cross-validated and the one with the
+best out-of-fold Kendall tau (ties: lower MAE) is refit on all data. Its out-of-fold tau and MAE are the reported
+quality: each prediction comes from a model that never saw that subnet.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lightning_elastic.core.errors import ConfigError
+from lightning_elastic.core.space import SearchSpace
+
+#: registered regressor names, in the order they are tried.
+PREDICTORS = ("ridge", "extra_trees", "random_forest", "gradient_boosting", "mlp", "gp")
+
+
+def make_regressor(name: str, seed: int = 0):
+    """A fresh scikit-learn regressor by name (see :data:`PREDICTORS`)."""
+    from sklearn import ensemble, gaussian_process, linear_model, neural_network, pipeline, preprocessing
+    from sklearn.gaussian_process import kernels
+
+    if name == "ridge":
+        return pipeline.make_pipeline(preprocessing.PolynomialFeatures(2), preprocessing.StandardScaler(),
+                                      linear_model.RidgeCV(alphas=np.logspace(-3, 3, 13)))
+    if name == "extra_trees":
+        return ensemble.ExtraTreesRegressor(n_estimators=100, min_samples_leaf=1, random_state=seed, n_jobs=1)
+    if name == "random_forest":
+        return ensemble.RandomForestRegressor(n_estimators=100, min_samples_leaf=1, random_state=seed, n_jobs=1)
+    if name == "gradient_boosting":
+        return ensemble.GradientBoostingRegressor(n_estimators=150, max_depth=2, learning_rate=0.05,
+                                                  subsample=0.8, random_state=seed)
+    if name == "mlp":
+        return pipeline.make_pipeline(preprocessing.StandardScaler(), neural_network.MLPRegressor(
+            hidden_layer_sizes=(64, 64), alpha=1e-3, max_iter=2000, random_state=seed))
+    if name == "gp":
+        kernel = kernels.ConstantKernel() * kernels.RBF(length_scale=np.ones(1)) + kernels.WhiteKernel(1e-3)
+        return gaussian_process.GaussianProcessRegressor(kernel=kernel, normalize_y=True, random_state=seed)
+    raise ConfigError(f"`predictors` has unknown name {name!r}; allowed: {list(PREDICTORS)}. HINT: 'extra_trees'.")
+
+
+def check_predictors(names: Sequence[str]) -> list[str]:
+    if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+        raise ConfigError(
+            f"`predictors` got {names!r}; allowed: a non-empty list from {list(PREDICTORS)}. "
+            "HINT: predictors=('ridge', 'extra_trees', 'gp')."
+        )
+    for n in names:
+        if n not in PREDICTORS:
+            raise ConfigError(
+                f"`predictors` has unknown name {n!r}; allowed: {list(PREDICTORS)}. HINT: predictors=('extra_trees',)."
+            )
+    return list(names)
+
+
+def features(space: SearchSpace, cfg: Mapping[str, int], costs: Mapping[str, float] | None) -> list[float]:
+    vec = list(space.encode(cfg))
+    if costs:
+        vec += [math.log1p(costs["params"]), math.log1p(costs["macs"])]
+    return vec
+
+
+@dataclass
+class PredictorQuality:
+    """Out-of-fold quality of the chosen regressor for one quantity."""
+
+    target: str
+    model: str
+    kendall_tau: float
+    mae: float
+    num_samples: int
+    candidates: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "model": self.model, "kendall_tau": self.kendall_tau, "mae": self.mae,
+                "num_samples": self.num_samples, "cv_kendall_tau": self.candidates}
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy.stats import kendalltau
+
+    if len(a) < 2 or np.ptp(np.asarray(a)) == 0 or np.ptp(np.asarray(b)) == 0:
+        return float("nan")
+    return float(kendalltau(a, b).statistic)
+
+
+class Predictor:
+    """Cross-validated regressor for one quantity.
+
+    Example:
+        >>> p = Predictor("val_acc", ("ridge", "extra_trees")).fit(X, y)  # doctest: +SKIP
+        >>> p.quality.kendall_tau, p.predict(X_new)  # doctest: +SKIP
+    """
+
+    def __init__(self, target: str, names: Sequence[str] = PREDICTORS, folds: int = 5, seed: int = 0) -> None:
+        self.target = target
+        self.names = list(names)
+        self.folds = folds
+        self.seed = seed
+        self.model = None
+        self.quality: PredictorQuality | None = None
+        self._constant: float | None = None
+
+    def fit(self, X: Sequence[Sequence[float]], y: Sequence[float]) -> Predictor:
+        from sklearn.model_selection import KFold, cross_val_predict
+
+        X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+        if len(y) < 4 or np.ptp(y) == 0:
+            # too little signal to cross-validate: predict the mean
+            self._constant = float(y.mean()) if len(y) else 0.0
+            self.quality = PredictorQuality(self.target, "mean", float("nan"), float(np.abs(y - y.mean()).mean())
+                                            if len(y) else float("nan"), len(y), {})
+            return self
+        self._constant = None
+        cv = KFold(n_splits=min(self.folds, len(y)), shuffle=True, random_state=self.seed)
+        scores: dict[str, tuple[float, float]] = {}
+        for name in self.names:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # convergence chatter of MLP / GP on tiny data
+                pred = cross_val_predict(self._make(name, X.shape[1]), X, y, cv=cv)
+            tau = kendall_tau(y, pred)
+            scores[name] = (-1.0 if math.isnan(tau) else tau, float(np.abs(pred - y).mean()))
+        best = max(scores, key=lambda n: (scores[n][0], -scores[n][1]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model = self._make(best, X.shape[1]).fit(X, y)
+        self.quality = PredictorQuality(self.target, best, scores[best][0], scores[best][1], len(y),
+                                        {n: round(s[0], 4) for n, s in scores.items()})
+        return self
+
+    def _make(self, name: str, num_features: int):
+        model = make_regressor(name, self.seed)
+        if name == "gp":
+            model.kernel.k1.k2.length_scale = np.ones(num_features)
+        return model
+
+    def predict(self, X: Sequence[Sequence[float]]) -> np.ndarray:
+        X = np.asarray(X, dtype=float)
+        if self._constant is not None:
+            return np.full(len(X), self._constant)
+        return np.asarray(self.model.predict(X), dtype=float)

@@ -1,0 +1,199 @@
+"""The persistent Optuna study behind a search: one trial per real evaluation.
+
+Several workers may share a study through one RDB URL. A worker *claims* a config by enqueueing it and popping a
+waiting trial (atomic in Optuna's RDB storage); if two workers raced for the same config, the later trial number
+yields (PRUNED, ``duplicate_of``) before anything is measured. A config is taken once a RUNNING or COMPLETE trial
+holds it, so a resumed search never re-evaluates a finished one. RUNNING trials left by a dead process on this host
+are marked FAIL on start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from lightning_elastic.core.errors import ConfigError, ElasticError
+from lightning_elastic.core.space import SearchSpace
+from lightning_elastic.search.measure import config_key
+from lightning_elastic.search.objectives import Objective
+
+SAMPLERS = ("nsga2", "nsga3", "tpe", "gp")
+_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class SearchError(ElasticError):
+    """A search cannot start or continue (another space's study, an unsatisfiable constraint …)."""
+
+
+def distributions(space: SearchSpace) -> dict[str, CategoricalDistribution]:
+    """One categorical distribution over each elastic dim's choices."""
+    return {d.name: CategoricalDistribution(list(d.choices)) for d in space.elastic_dims}
+
+
+def make_sampler(name: str, seed: int | None, constraints_func=None, population_size: int = 32):
+    """An Optuna sampler by name (``nsga2``, ``nsga3``, ``tpe``, ``gp``)."""
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed,
+                                             constraints_func=constraints_func)
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(population_size=population_size, seed=seed,
+                                              constraints_func=constraints_func)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_func, multivariate=True)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func)
+    raise ConfigError(f"`sampler` got {name!r}; allowed: {list(SAMPLERS)}. HINT: sampler='nsga2'.")
+
+
+def constraints_from_attrs(trial: optuna.trial.FrozenTrial) -> list[float]:
+    return list(trial.user_attrs.get("constraints", []))
+
+
+def default_storage(output_dir: str | Path) -> str:
+    path = Path(output_dir).resolve() / "search.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def open_study(storage: str, study_name: str, space: SearchSpace, objectives: Sequence[Objective],
+               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """Create or load the study and check it belongs to this space and these objectives.
+
+    Raises:
+        SearchError: the stored study was made for another search space or other objectives.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
+                                directions=[o.optuna_direction for o in objectives],
+                                sampler=sampler or optuna.samplers.RandomSampler())
+    signature = space.signature()
+    wanted = [str(o) for o in objectives]
+    attrs = study.user_attrs
+    if "space_signature" not in attrs:
+        study.set_user_attr("space_signature", signature)
+        study.set_user_attr("objectives", wanted)
+        return study
+    if attrs["space_signature"] != signature:
+        stored = {d["name"] for d in json.loads(attrs["space_signature"])}
+        ours = set(space.names())
+        raise SearchError(
+            f"`study_name` {study_name!r} in `storage` {_redact(storage)!r} belongs to another search space "
+            f"(dims only there: {sorted(stored - ours)[:6]}, only here: {sorted(ours - stored)[:6]}, "
+            f"{len(stored & ours)} shared, choices may differ). HINT: pass a new `study_name` or `output_dir`, "
+            "or search the supernet the study was made for."
+        )
+    if attrs.get("objectives") != wanted:
+        raise SearchError(
+            f"`study_name` {study_name!r} was made for objectives {attrs.get('objectives')}, not {wanted}. "
+            "HINT: use the same objectives to resume, or a new `study_name`."
+        )
+    return study
+
+
+def _redact(url: str) -> str:
+    # never echo a password from an RDB URL into logs
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _key(trial: optuna.trial.FrozenTrial) -> str:
+    return trial.user_attrs.get("config_key") or config_key(trial.params)
+
+
+def real_trials(study: optuna.Study, states: Sequence[TrialState] = (TrialState.COMPLETE,)) -> list:
+    """Trials that are real evaluations (duplicates excluded)."""
+    return [t for t in study.get_trials(deepcopy=False, states=tuple(states)) if "duplicate_of" not in t.user_attrs]
+
+
+def taken_keys(study: optuna.Study) -> set[str]:
+    return {_key(t) for t in real_trials(study, (TrialState.COMPLETE, TrialState.RUNNING))}
+
+
+def num_taken(study: optuna.Study) -> int:
+    return len(taken_keys(study))
+
+
+def reap_stale(study: optuna.Study) -> int:
+    """Mark RUNNING trials whose worker process on this host is gone (or is this process) as FAIL."""
+    host = socket.gethostname()
+    reaped = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        w_host, _, pid = worker.rpartition(":")
+        if w_host != host or not pid.isdigit():
+            continue
+        if int(pid) == os.getpid() or not _alive(int(pid)):
+            study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (worker process ended)")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            reaped += 1
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(study: optuna.Study, cfg: Mapping[str, int] | None, dists: Mapping[str, Any]) -> optuna.Trial | None:
+    """Start a trial for ``cfg`` (or for the study's sampler's proposal when ``cfg`` is None).
+
+    Returns:
+        The RUNNING trial to evaluate (its ``params`` are the config), or None when the config is already taken.
+    """
+    if cfg is not None:
+        key = config_key(cfg)
+        if key in taken_keys(study):
+            return None
+        study.enqueue_trial({k: cfg[k] for k in dists}, user_attrs={"config_key": key})
+    trial = study.ask(dict(dists))
+    key = config_key(trial.params)
+    trial.set_user_attr("config_key", key)
+    trial.set_user_attr("worker", _WORKER)
+    # lost a race? the lowest trial number holding a config keeps it
+    for other in real_trials(study, (TrialState.COMPLETE, TrialState.RUNNING)):
+        if other.number < trial.number and _key(other) == key:
+            if other.state == TrialState.COMPLETE and cfg is None:
+                return _duplicate_complete(study, trial, other)
+            trial.set_user_attr("duplicate_of", other.number)
+            study.tell(trial, state=TrialState.PRUNED)
+            return None
+    return trial
+
+
+def _duplicate_complete(study: optuna.Study, trial: optuna.Trial, other: optuna.trial.FrozenTrial) -> None:
+    # a sampler proposal that was already measured: tell the known values so the sampler's population stays whole
+    trial.set_user_attr("duplicate_of", other.number)
+    trial.set_user_attr("constraints", constraints_from_attrs(other))
+    trial.set_user_attr("measured", other.user_attrs.get("measured", {}))
+    study.tell(trial, other.values)
+    return None
+
+
+def finish(study: optuna.Study, trial: optuna.Trial, measured: Mapping[str, float], objectives: Sequence[Objective],
+           constraint_values: Sequence[float], seconds: float) -> None:
+    """Record a real evaluation as a COMPLETE trial."""
+    trial.set_user_attr("measured", {k: float(v) for k, v in measured.items()})
+    trial.set_user_attr("constraints", [float(c) for c in constraint_values])
+    trial.set_user_attr("eval_seconds", float(seconds))
+    study.tell(trial, [float(measured[o.name]) for o in objectives])
+
+
+def fail(study: optuna.Study, trial: optuna.Trial, err: BaseException) -> None:
+    """Record a crashed evaluation as FAIL with its error; finished trials stay in the study."""
+    trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
+    study.tell(trial, state=TrialState.FAIL)

@@ -1,0 +1,348 @@
+"""``ElasticTraining``: the callback that trains an unchanged LightningModule as a weight-sharing supernet.
+
+How a step works (and why). In Lightning's automatic optimization the closure runs ``training_step``, then
+``optimizer_zero_grad`` (first micro-batch of an accumulation window), then ``backward``. To train several subnets
+per batch without summing their losses into one graph, the callback wraps the module's ``training_step`` (an
+instance attribute, removed at teardown; the class is untouched):
+
+1. it zeroes the gradients itself (through the module's own ``optimizer_zero_grad``) and makes Lightning's
+   following ``optimizer_zero_grad`` call a no-op for this step, so the early subnets' gradients survive;
+2. for every subnet but the last it selects the subnet, calls the user's ``training_step``, adds the distillation
+   term and calls ``trainer.strategy.backward`` at once, so that subnet's graph is freed before the next forward
+   (peak memory stays that of one subnet);
+3. the last subnet's loss is returned to Lightning, which runs its backward, clipping, AMP scaling, accumulation,
+   optimizer and scheduler steps as usual.
+
+Under DDP all subnet forwards happen inside one DDP forward, so only the last backward all-reduces; it reduces the
+whole ``.grad`` tensors, early subnets' gradients included (the standard gradient-accumulation pattern). Blocks
+skipped by the last subnet's elastic depth get a zero-valued term so every rank reduces every parameter and none
+waits forever. Switching the module to manual optimization (NNI's approach) was rejected: it would re-implement
+clipping, accumulation, AMP and scheduler stepping, and break user modules that rely on them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from lightning_elastic.adapters.base import Adapter
+from lightning_elastic.core.config import SearchSpaceConfig
+from lightning_elastic.core.errors import ConfigError, UnsupportedModelError
+from lightning_elastic.core.registry import find_adapter, get_adapter
+from lightning_elastic.ops.depth import ElasticModuleList, ElasticSequential
+from lightning_elastic.supernet.supernet import Supernet, find_supernet, get_supernet, to_supernet
+from lightning_elastic.training.distill import DistillLoss, logits_of, resolve_distill
+from lightning_elastic.training.samplers import (
+    DelayedShrinkingSampler,
+    ProgressiveShrinkingSampler,
+    Sampler,
+    StepContext,
+    resolve_sampler,
+)
+from lightning_elastic.training.tap import ModelTap
+from lightning_elastic.training.validation import SubnetValidator, parse_validate_subnets, resolve_configs
+
+
+def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and (
+        low < value if low_open else low <= value) and value <= high
+    if not ok:
+        raise ConfigError(f"`{name}` got {value!r}; allowed: a number in {'(' if low_open else '['}{low}, {high}]. "
+                          f"HINT: see the ElasticTraining docstring for typical values.")
+    return float(value)
+
+
+class ElasticTraining(Callback):
+    """Train the module's model as a supernet: several subnets per batch, in-place distillation, per-subnet validation.
+
+    Args:
+        space: the search space (default ``SearchSpaceConfig()``: the family's paper space).
+        model_attr: dotted name of the submodule to convert (``"model"``, ``"backbone"``); default: the first
+            submodule a registered adapter matches.
+        adapter: force an adapter (registered name or instance) instead of auto-detection.
+        sampler: ``'sandwich'`` (BigNAS), ``'uniform'``, ``'progressive'`` (OFA), ``'delayed'`` (DεpS),
+            ``'nested'`` (SortedNet) or a :class:`~lightning_elastic.training.samplers.Sampler`.
+        num_random: random subnets per step besides max/min (sandwich: 4 subnets per step with 2).
+        distill: ``'inplace-kl'``, ``'alpha-divergence'`` (AlphaNet), None, or ``(student, teacher) -> loss``.
+            Soft targets are the max subnet's detached outputs, or ``teacher``'s when given.
+        kd_weight: the subnets' loss is ``(1 - kd_weight) * label_loss + kd_weight * kd_loss`` (BigNAS uses 1.0).
+        temperature: distillation temperature.
+        teacher: optional frozen external teacher (e.g. the original pretrained model); then the max subnet is
+            distilled too.
+        validate_subnets: subnets validated each epoch, logged as ``<key>/<tag>``: ``('max', 'min')``, configs, or
+            ``{tag: 'max' | 'min' | config}``. The first is also logged under the plain keys.
+        bn_calibration_batches: train batches used to recalibrate BatchNorm per validated subnet (0: off).
+        calibration_forward: ``(model, batch) -> output`` for calibration; default: first element / dict inputs.
+        seed: sampling seed; subnets are a pure function of ``(seed, global_step)``.
+        phases: progressive-shrinking phases (``sampler='progressive'``), see :class:`ProgressiveShrinkingSampler`.
+        shrink_start: fraction of training before shrinking starts (``sampler='delayed'``).
+
+    Raises:
+        ConfigError: an invalid argument (each names the argument, the value and what is allowed).
+
+    Example:
+        >>> trainer = L.Trainer(callbacks=[ElasticTraining(SearchSpaceConfig(width=(0.5, 1.0)))])  # doctest: +SKIP
+        >>> trainer.fit(MyLitModule(timm.create_model("resnet18", num_classes=10)))  # doctest: +SKIP
+    """
+
+    def __init__(self, space: SearchSpaceConfig | None = None, *, model_attr: str | None = None,
+                 adapter: str | Adapter | None = None, sampler: str | Sampler = "sandwich", num_random: int = 2,
+                 distill: str | None | Callable = "inplace-kl", kd_weight: float = 0.5, temperature: float = 1.0,
+                 teacher: nn.Module | None = None,
+                 validate_subnets: Sequence[str | Mapping[str, int]] | Mapping[str, Any] | None = ("max", "min"),
+                 bn_calibration_batches: int = 10, calibration_forward: Callable | None = None, seed: int = 0,
+                 phases: Sequence | None = None, shrink_start: float = 0.25) -> None:
+        if space is not None and not isinstance(space, SearchSpaceConfig):
+            raise ConfigError(f"`space` got a {type(space).__name__}; allowed: a SearchSpaceConfig or None. "
+                              "HINT: space=SearchSpaceConfig(width=(0.5, 0.75, 1.0), depth='auto').")
+        if model_attr is not None and (not isinstance(model_attr, str) or not model_attr):
+            raise ConfigError(f"`model_attr` got {model_attr!r}; allowed: a submodule name such as 'model' or None "
+                              "(auto-detect). HINT: the attribute of your LightningModule that holds the network.")
+        if isinstance(num_random, bool) or not isinstance(num_random, int) or num_random < 0:
+            raise ConfigError(f"`num_random` got {num_random!r}; allowed: an integer >= 0. "
+                              "HINT: num_random=2 gives BigNAS's 4 subnets per step.")
+        if sampler == "progressive":
+            sampler = ProgressiveShrinkingSampler(phases, num_random=num_random)
+        elif sampler == "delayed":
+            sampler = DelayedShrinkingSampler(num_random, start=shrink_start)
+        self.sampler = resolve_sampler(sampler, num_random)
+        self.distill_fn: DistillLoss | None = resolve_distill(distill, _number("temperature", temperature, 0, 1e3,
+                                                                               low_open=True))
+        self.distill = distill
+        self.kd_weight = _number("kd_weight", kd_weight, 0.0, 1.0)
+        if teacher is not None and not isinstance(teacher, nn.Module):
+            raise ConfigError(f"`teacher` got a {type(teacher).__name__}; allowed: an nn.Module or None. "
+                              "HINT: pass the original pretrained model, e.g. timm.create_model(..., pretrained=True).")
+        if teacher is not None and distill is None:
+            raise ConfigError("`teacher` was given but `distill` is None. HINT: set distill='inplace-kl' to use it.")
+        self.teacher = teacher
+        self._validate_items = parse_validate_subnets(validate_subnets)
+        if isinstance(bn_calibration_batches, bool) or not isinstance(bn_calibration_batches, int) or \
+                bn_calibration_batches < 0:
+            raise ConfigError(f"`bn_calibration_batches` got {bn_calibration_batches!r}; allowed: an integer >= 0 "
+                              "(0 disables recalibration). HINT: OFA uses ~2000 images, e.g. 10 batches of 200.")
+        if calibration_forward is not None and not callable(calibration_forward):
+            raise ConfigError(f"`calibration_forward` got {calibration_forward!r}; allowed: None or a callable "
+                              "(model, batch) -> output. HINT: lambda model, batch: model(batch['image']).")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"`seed` got {seed!r}; allowed: an integer. HINT: seed=0.")
+        if adapter is not None and not isinstance(adapter, str | Adapter):
+            raise ConfigError(f"`adapter` got {adapter!r}; allowed: None, a registered adapter name or an Adapter "
+                              "instance. HINT: leave it None to auto-detect.")
+        self.space = space
+        self.model_attr = model_attr
+        self.adapter = adapter
+        self.bn_calibration_batches = bn_calibration_batches
+        self.calibration_forward = calibration_forward
+        self.seed = seed
+        self.supernet: Supernet | None = None
+        self.subnets_trained = 0  # subnet forward/backward passes, for logs and checkpoints
+        self.last_subnets: list[str] = []
+        self._tap: ModelTap | None = None
+        self._validator: SubnetValidator | None = None
+        self._skip_zero_grad = False
+        self._module: L.LightningModule | None = None
+        self._trainer: L.Trainer | None = None
+        self._warned_no_targets = False
+
+    # -- setup ---------------------------------------------------------------------------------------------
+    def _find_model(self, pl_module: L.LightningModule) -> nn.Module:
+        if self.model_attr is not None:
+            try:
+                return pl_module.get_submodule(self.model_attr)
+            except AttributeError as err:
+                children = [n for n, _ in pl_module.named_children()]
+                raise ConfigError(f"`model_attr` got {self.model_attr!r}, which is not a submodule of "
+                                  f"{type(pl_module).__name__}; its submodules: {children}. "
+                                  "HINT: name the attribute holding the network.") from err
+        found = find_supernet(pl_module)
+        if found is not None:
+            return found[1].model
+        forced = get_adapter(self.adapter) if isinstance(self.adapter, str) else self.adapter
+        for _, module in pl_module.named_modules():
+            if module is pl_module:
+                continue
+            if forced is not None:
+                if forced.matches(module):
+                    return module
+                continue
+            try:
+                find_adapter(module)
+            except UnsupportedModelError:
+                continue
+            return module
+        children = {n: type(m).__name__ for n, m in pl_module.named_children()}
+        raise UnsupportedModelError(
+            f"`model_attr`=None: no submodule of {type(pl_module).__name__} is a model a registered adapter can "
+            f"convert (submodules: {children}). HINT: pass model_attr='...' for a supported model, or register an "
+            "adapter with lightning_elastic.register_adapter.")
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and not pl_module.automatic_optimization:
+            raise ConfigError(
+                f"`{type(pl_module).__name__}.automatic_optimization` is False; ElasticTraining supports automatic "
+                "optimization only (it runs each subnet's backward and lets Lightning step). HINT: use automatic "
+                "optimization, or drive subnets yourself with `get_supernet(model).subnet(cfg)` in your loop.")
+        model = self._find_model(pl_module)
+        existing = get_supernet(model)
+        self.supernet = existing if existing is not None and self.space is None else to_supernet(
+            model, self.space or SearchSpaceConfig(), adapter=self.adapter)
+        configs = resolve_configs(self.supernet, self._validate_items)
+        self._validator = SubnetValidator(self.supernet, configs, self.bn_calibration_batches,
+                                          self.calibration_forward)
+        if self._tap is None:
+            self._tap = ModelTap(self.supernet)
+        self._trainer, self._module = trainer, pl_module
+        if stage == "fit" and "training_step" not in pl_module.__dict__:
+            self._install(pl_module)
+        rank_zero_info(f"ElasticTraining: {self.supernet!r}, sampler {self.sampler!r}")
+
+    def _install(self, pl_module: L.LightningModule) -> None:
+        original_step = pl_module.training_step
+        original_zero_grad = pl_module.optimizer_zero_grad
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            return self._elastic_step(original_step, original_zero_grad, *args, **kwargs)
+
+        def optimizer_zero_grad(*args: Any, **kwargs: Any) -> None:
+            if self._skip_zero_grad:  # already zeroed before this step's first subnet
+                self._skip_zero_grad = False
+                return
+            original_zero_grad(*args, **kwargs)
+
+        pl_module.training_step = training_step
+        pl_module.optimizer_zero_grad = optimizer_zero_grad
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for name in ("training_step", "optimizer_zero_grad", "log"):
+            pl_module.__dict__.pop(name, None)
+        if self._tap is not None:
+            self._tap.remove()
+            self._tap = None
+        if self.supernet is not None:
+            self.supernet.select(self.supernet.max_config())
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.teacher is not None:
+            self.teacher.to(pl_module.device).eval().requires_grad_(False)
+        if self.distill_fn is not None and self.teacher is None and not any(
+                tag == "max" for tag, _ in self.sampler.sample(self.supernet.space, StepContext(10**9, 10**9, 1.0),
+                                                               torch.Generator().manual_seed(0))):
+            rank_zero_warn(f"ElasticTraining: distill={self.distill!r} but sampler {self.sampler.name!r} never trains "
+                           "the max subnet, so there are no soft targets; pass `teacher=` for distillation.")
+
+    # -- training ------------------------------------------------------------------------------------------
+    def step_context(self, trainer: L.Trainer) -> StepContext:
+        total = trainer.estimated_stepping_batches
+        progress = trainer.global_step / total if total and math.isfinite(total) else 0.0
+        return StepContext(trainer.global_step, trainer.current_epoch, min(1.0, progress))
+
+    def subnets_for_step(self, trainer: L.Trainer) -> list[tuple[str, dict[str, int]]]:
+        """The ``(tag, config)`` subnets trained at the trainer's current step."""
+        return self.sampler.subnets(self.supernet.space, self.step_context(trainer), self.seed)
+
+    def _soft_targets(self, tag: str) -> torch.Tensor | None:
+        if self.teacher is not None:
+            args, kwargs = self._tap.inputs
+            with torch.no_grad():
+                return logits_of(self.teacher(*args, **kwargs)).detach()
+        if tag == "max":
+            return logits_of(self._tap.output).detach()
+        return None
+
+    def _unused_depth_params(self) -> list[nn.Parameter]:
+        params = []
+        for m in self.supernet.model.modules():
+            if isinstance(m, ElasticSequential | ElasticModuleList):
+                active = set(m.active_indices())
+                for i, block in enumerate(m.all_modules()):
+                    if i not in active:
+                        params += [p for p in block.parameters() if p.requires_grad]
+        return params
+
+    def _elastic_step(self, step_fn: Callable, zero_grad_fn: Callable, batch: Any, batch_idx: int, *args: Any,
+                      **kwargs: Any) -> Any:
+        trainer, tap = self._trainer, self._tap
+        subnets = self.subnets_for_step(trainer)
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        accumulate = trainer.accumulate_grad_batches
+        if len(subnets) > 1 and optimizer is not None and batch_idx % accumulate == 0:
+            zero_grad_fn(trainer.current_epoch, batch_idx, optimizer)
+            self._skip_zero_grad = True
+        targets = None
+        tap.capturing = True
+        try:
+            for i, (tag, cfg) in enumerate(subnets):
+                self.supernet.select(cfg)
+                output = step_fn(batch, batch_idx, *args, **kwargs)
+                loss = output.get("loss") if isinstance(output, Mapping) else output
+                if loss is None:  # the user skipped this batch
+                    self._skip_zero_grad = False
+                    return output
+                if self.distill_fn is not None:
+                    if i == 0 or self.teacher is not None:
+                        targets = self._soft_targets(tag) if targets is None else targets
+                    student = logits_of(tap.output)
+                    if targets is not None and student is not None and (tag != "max" or self.teacher is not None):
+                        kd = self.distill_fn(student, targets)
+                        loss = (1.0 - self.kd_weight) * loss + self.kd_weight * kd
+                self.subnets_trained += 1
+                if i == len(subnets) - 1:
+                    if trainer.world_size > 1:
+                        # every rank must reduce every parameter: give skipped blocks a zero-valued term
+                        loss = loss + sum((p.sum() * 0 for p in self._unused_depth_params()), loss.new_zeros(()))
+                    self.last_subnets = [t for t, _ in subnets]
+                    return {**output, "loss": loss} if isinstance(output, Mapping) else loss
+                # free this subnet's graph now: backward before the next subnet's forward
+                trainer.strategy.backward(loss / accumulate, optimizer)
+                tap.clear()
+                del output, loss
+        finally:
+            tap.capturing = False
+            tap.clear()
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.supernet.select(self.supernet.max_config())
+
+    # -- validation ----------------------------------------------------------------------------------------
+    @override
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validator.epoch_start(trainer, pl_module)
+
+    @override
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validator.epoch_end(trainer, pl_module)
+
+    # -- checkpoint ----------------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "sampler": self.sampler.state_dict(), "subnets_trained": self.subnets_trained,
+                "last_subnets": list(self.last_subnets),
+                "space": self.supernet.state_info() if self.supernet is not None else None}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("space")
+        if saved is not None and self.supernet is not None and saved["signature"] != self.supernet.signature():
+            raise ConfigError(
+                f"`space` differs from the checkpoint's: the checkpoint was trained with {saved['config']} "
+                f"(adapter {saved['adapter']!r}), this run uses {self.supernet.config.to_dict()}. "
+                "HINT: resume with the same SearchSpaceConfig, or start a new run (load only the weights).")
+        if state_dict.get("sampler", {}).get("name") not in (None, self.sampler.name):
+            rank_zero_warn(f"ElasticTraining: the checkpoint used sampler {state_dict['sampler']['name']!r}, this "
+                           f"run uses {self.sampler.name!r}.")
+        self.seed = state_dict.get("seed", self.seed)
+        self.subnets_trained = state_dict.get("subnets_trained", 0)
+        self.last_subnets = list(state_dict.get("last_subnets", []))

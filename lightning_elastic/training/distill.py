@@ -1,0 +1,116 @@
+"""Distillation losses for in-place KD: KL with temperature and AlphaNet's adaptive alpha-divergence.
+
+The soft targets are the max subnet's outputs, detached (BigNAS in-place distillation), or an external frozen
+teacher's. Outputs may be tensors, tuples/lists (first element), dicts or HF-style objects with ``.logits``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lightning_elastic.core.errors import ConfigError
+
+DistillLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def logits_of(output: Any) -> torch.Tensor | None:
+    """The logits in a model output: a tensor, ``.logits``, ``output['logits']`` or the first element."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, Mapping):
+        value = output.get("logits")
+        return value if isinstance(value, torch.Tensor) else None
+    if isinstance(output, list | tuple) and output:
+        return logits_of(output[0])
+    return None
+
+
+def _flat(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if student.shape != teacher.shape:
+        raise ConfigError(
+            f"distillation got student logits of shape {tuple(student.shape)} and soft targets of shape "
+            f"{tuple(teacher.shape)}. HINT: the teacher must predict the same classes as the model."
+        )
+    # (B, C) or (B, L, C) token logits: classes on the last axis; average over every position
+    classes = student.shape[-1]
+    return student.reshape(-1, classes).float(), teacher.reshape(-1, classes).float()
+
+
+def kl_divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``T² · KL(softmax(teacher/T) ‖ softmax(student/T))``, averaged over samples (Hinton et al.).
+
+    Example:
+        >>> kl_divergence(torch.zeros(2, 3), torch.zeros(2, 3)).item()
+        0.0
+    """
+    s, t = _flat(student, teacher.detach())
+    log_p = F.log_softmax(s / temperature, dim=-1)
+    log_q = F.log_softmax(t / temperature, dim=-1)
+    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * temperature**2
+
+
+def _f_divergence(q_logits: torch.Tensor, p_logits: torch.Tensor, alpha: float, iw_clip: float):
+    """AlphaNet's ``f_divergence``: the alpha-divergence D_α(p‖q) and a surrogate with its clipped gradient."""
+    q_prob = F.softmax(q_logits, dim=-1).detach()
+    p_prob = F.softmax(p_logits, dim=-1).detach()
+    q_log_prob = F.log_softmax(q_logits, dim=-1)  # the only path gradients flow through
+    ratio = p_prob / q_prob
+    if abs(alpha) < 1e-3:
+        ratio = ratio.clamp(0, iw_clip)
+        f, f_base, rho_f = -ratio.log(), 0.0, ratio.log() - 1.0
+    elif abs(alpha - 1.0) < 1e-3:
+        f, f_base, rho_f = ratio * ratio.log(), 0.0, ratio
+    else:
+        iw_alpha = torch.pow(ratio, alpha).clamp(0, iw_clip)
+        f = iw_alpha / alpha / (alpha - 1.0)
+        f_base = 1.0 / alpha / (alpha - 1.0)
+        rho_f = iw_alpha / alpha + f_base
+    loss = torch.sum(q_prob * (f - f_base), dim=-1)
+    surrogate = -torch.sum(q_prob * rho_f * q_log_prob, dim=-1)
+    return loss, surrogate
+
+
+def alpha_divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+                     alpha_min: float = -1.0, alpha_max: float = 1.0, iw_clip: float = 5.0) -> torch.Tensor:
+    """AlphaNet's adaptive alpha-divergence (Wang et al., 2021): per sample, the larger of D_{α-} and D_{α+},
+    with importance weights clipped at ``iw_clip``.
+
+    The value is the divergence; the gradient is AlphaNet's clipped surrogate gradient.
+    """
+    s, t = _flat(student / temperature, teacher.detach() / temperature)
+    left, grad_left = _f_divergence(s, t, alpha_min, iw_clip)
+    right, grad_right = _f_divergence(s, t, alpha_max, iw_clip)
+    pick_left = (left > right).to(left.dtype)
+    value = (pick_left * left + (1 - pick_left) * right).mean()
+    surrogate = (pick_left * grad_left + (1 - pick_left) * grad_right).mean()
+    return value.detach() + surrogate - surrogate.detach()
+
+
+DISTILL_LOSSES: dict[str | None, str] = {"inplace-kl": "kl", "alpha-divergence": "alpha", None: "none"}
+
+
+def resolve_distill(name: str | None | DistillLoss, temperature: float) -> DistillLoss | None:
+    """The loss ``(student_logits, teacher_logits) -> scalar`` for a name in :data:`DISTILL_LOSSES` or a callable.
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    if name is None:
+        return None
+    if callable(name):
+        return name
+    if name == "inplace-kl":
+        return lambda s, t: kl_divergence(s, t, temperature)
+    if name == "alpha-divergence":
+        return lambda s, t: alpha_divergence(s, t, temperature)
+    raise ConfigError(
+        f"`distill` got {name!r}; allowed: 'inplace-kl', 'alpha-divergence', None (no distillation) or a callable "
+        "(student_logits, teacher_logits) -> loss. HINT: distill='inplace-kl' is BigNAS's in-place distillation."
+    )

@@ -1,0 +1,241 @@
+"""Subnet samplers: which subnets one training step trains.
+
+Every sampler is a pure function of ``(seed, step, progress)``: :meth:`Sampler.subnets` builds its own
+:class:`torch.Generator` from the seed and the global step, so all DDP ranks draw the same subnets without
+communicating, and a run resumed from a checkpoint replays exactly the subnets an uninterrupted run would have used.
+A step's subnets are ``(tag, config)`` pairs; the tag ``"max"`` marks the full subnet, whose outputs are the soft
+targets of in-place distillation, so it always comes first when present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lightning_elastic.core.dims import DIM_KINDS
+from lightning_elastic.core.errors import ConfigError
+from lightning_elastic.core.space import ArchConfig, SearchSpace
+
+Subnet = tuple[str, ArchConfig]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where training is: the optimizer step, the epoch and the fraction of training done (0..1)."""
+
+    step: int
+    epoch: int = 0
+    progress: float = 0.0
+
+
+def _check_count(name: str, value: object, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"`{name}` got {value!r}; allowed: an integer >= {minimum}. HINT: e.g. {name}=2 (BigNAS uses 2)."
+        )
+    return value
+
+
+class Sampler:
+    """Base class. Subclasses implement :meth:`sample`; :meth:`subnets` seeds the generator per step."""
+
+    name = "base"
+
+    def sample(self, space: SearchSpace, ctx: StepContext, generator: torch.Generator) -> list[Subnet]:
+        raise NotImplementedError
+
+    def subnets(self, space: SearchSpace, ctx: StepContext, seed: int) -> list[Subnet]:
+        """The subnets of step ``ctx.step``: deterministic in ``(seed, ctx)``."""
+        # a fresh generator per step: no hidden RNG state to checkpoint, identical on every rank
+        generator = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(ctx.step)) % (2**63 - 1))
+        return self.sample(space, ctx, generator)
+
+    def state_dict(self) -> dict:
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+class SandwichSampler(Sampler):
+    """BigNAS sandwich rule: the max subnet, ``num_random`` uniformly random subnets, then the min subnet.
+
+    Example:
+        >>> SandwichSampler(num_random=2)  # 4 subnets per step: max, rand0, rand1, min
+        SandwichSampler(num_random=2)
+    """
+
+    name = "sandwich"
+
+    def __init__(self, num_random: int = 2) -> None:
+        self.num_random = _check_count("num_random", num_random)
+
+    def sample(self, space: SearchSpace, ctx: StepContext, generator: torch.Generator) -> list[Subnet]:
+        out = [("max", space.max_config())]
+        out += [(f"rand{i}", space.sample(generator)) for i in range(self.num_random)]
+        return out + [("min", space.min_config())]
+
+
+class UniformSampler(Sampler):
+    """``num_random`` uniformly random subnets per step (SPOS-style single-path training when 1)."""
+
+    name = "uniform"
+
+    def __init__(self, num_random: int = 1) -> None:
+        self.num_random = _check_count("num_random", num_random, minimum=1)
+
+    def sample(self, space: SearchSpace, ctx: StepContext, generator: torch.Generator) -> list[Subnet]:
+        return [(f"rand{i}", space.sample(generator)) for i in range(self.num_random)]
+
+
+class DelayedShrinkingSampler(Sampler):
+    """DεpS delayed shrinking: only the max subnet until ``start`` (fraction of training), then sandwich."""
+
+    name = "delayed"
+
+    def __init__(self, num_random: int = 2, start: float = 0.25) -> None:
+        self.num_random = _check_count("num_random", num_random)
+        if isinstance(start, bool) or not isinstance(start, int | float) or not 0.0 <= start < 1.0:
+            raise ConfigError(f"`start` got {start!r}; allowed: a fraction in [0, 1). HINT: start=0.25.")
+        self.start = float(start)
+
+    def sample(self, space: SearchSpace, ctx: StepContext, generator: torch.Generator) -> list[Subnet]:
+        if ctx.progress < self.start:
+            return [("max", space.max_config())]
+        return SandwichSampler(self.num_random).sample(space, ctx, generator)
+
+
+class NestedSampler(Sampler):
+    """SortedNet nested sampling: the max subnet plus ``num_random`` nested subnets.
+
+    A nested subnet picks one level ``t`` in [0, 1] and sets every dim to the choice at relative position ``t``,
+    so sub-models are sorted: each smaller one is contained in the larger ones. The min subnet (``t = 0``) is
+    always the last of the step.
+    """
+
+    name = "nested"
+
+    def __init__(self, num_random: int = 1, levels: int = 4) -> None:
+        self.num_random = _check_count("num_random", num_random)
+        self.levels = _check_count("levels", levels, minimum=2)
+
+    @staticmethod
+    def level_config(space: SearchSpace, t: float) -> ArchConfig:
+        """Every dim at the choice nearest to relative position ``t`` of its sorted choices."""
+        return {d.name: d.choices[round(t * (len(d.choices) - 1))] for d in space}
+
+    def sample(self, space: SearchSpace, ctx: StepContext, generator: torch.Generator) -> list[Subnet]:
+        out = [("max", space.max_config())]
+        for i in range(self.num_random):
+            level = 1 + int(torch.randint(self.levels - 2, (1,), generator=generator)) if self.levels > 2 else 0
+            out.append((f"nested{i}", self.level_config(space, level / (self.levels - 1))))
+        return out + [("min", space.min_config())]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One progressive-shrinking phase.
+
+    Args:
+        start_epoch: first epoch of the phase.
+        kinds: ``{dim kind: n}`` elastic in this phase; ``n`` keeps the ``n`` largest choices of each such dim
+            (OFA shrinks depth 4→3 first, then 4→2), None keeps all. Kinds not listed stay at max.
+    """
+
+    start_epoch: int
+    kinds: Mapping[str, int | None]
+
+
+#: OFA's order: full network, then elastic kernel, then depth (two stages), then width/expand (two stages).
+OFA_PHASES = (
+    Phase(0, {}),
+    Phase(1, {"kernel": None, "resolution": None}),
+    Phase(2, {"kernel": None, "resolution": None, "depth": 2}),
+    Phase(3, {"kernel": None, "resolution": None, "depth": None}),
+    Phase(4, {"kernel": None, "resolution": None, "depth": None, "width": 2}),
+    Phase(5, {"kernel": None, "resolution": None, "depth": None, "width": None, "heads": None, "rank": None,
+              "other": None}),
+)
+
+
+class ProgressiveShrinkingSampler(Sampler):
+    """Once-for-All progressive shrinking: phases by epoch, each opening more dimension kinds.
+
+    Each step trains the max subnet plus ``num_random`` random subnets drawn from the current phase's choices
+    (in the first phase, which opens nothing, only the max subnet).
+
+    Args:
+        phases: :class:`Phase` s or ``(start_epoch, {kind: n | None})`` pairs; default :data:`OFA_PHASES`
+            (one epoch per phase; pass your own epochs for real runs).
+        num_random: random subnets per step besides the max one (OFA uses 1-4).
+
+    Example:
+        >>> ProgressiveShrinkingSampler([(0, {}), (5, {"depth": None}), (10, {"depth": None, "width": None})])
+        ... # doctest: +ELLIPSIS
+        ProgressiveShrinkingSampler(...)
+    """
+
+    name = "progressive"
+
+    def __init__(self, phases: Sequence[Phase | tuple[int, Mapping[str, int | None]]] | None = None,
+                 num_random: int = 2) -> None:
+        self.num_random = _check_count("num_random", num_random)
+        phases = OFA_PHASES if phases is None else phases
+        parsed = []
+        for p in phases:
+            p = p if isinstance(p, Phase) else Phase(*p)
+            bad = [k for k in p.kinds if k not in DIM_KINDS]
+            if bad or isinstance(p.start_epoch, bool) or not isinstance(p.start_epoch, int) or p.start_epoch < 0:
+                raise ConfigError(
+                    f"`phases` has an invalid phase {p!r}; allowed: a start epoch >= 0 and kinds from {DIM_KINDS}. "
+                    "HINT: e.g. phases=[(0, {}), (5, {'depth': None})]."
+                )
+            parsed.append(p)
+        starts = [p.start_epoch for p in parsed]
+        if not parsed or starts != sorted(set(starts)) or starts[0] != 0:
+            raise ConfigError(
+                f"`phases` start epochs are {starts}; they must be strictly increasing and start at 0. "
+                "HINT: the first phase is usually (0, {}) (full network only)."
+            )
+        self.phases = tuple(parsed)
+
+    def phase_index(self, epoch: int) -> int:
+        return max(i for i, p in enumerate(self.phases) if p.start_epoch <= epoch)
+
+    def sample(self, space: SearchSpace, ctx: StepContext, generator: torch.Generator) -> list[Subnet]:
+        phase = self.phases[self.phase_index(ctx.epoch)]
+        out = [("max", space.max_config())]
+        open_dims = [(d, phase.kinds[d.kind]) for d in space if d.kind in phase.kinds]
+        if not open_dims:
+            return out
+        for i in range(self.num_random):
+            cfg = space.max_config()
+            for d, n in open_dims:
+                allowed = d.choices if n is None else d.choices[-n:]
+                cfg[d.name] = allowed[int(torch.randint(len(allowed), (1,), generator=generator))]
+            out.append((f"rand{i}", cfg))
+        return out
+
+
+SAMPLERS = {"sandwich": SandwichSampler, "uniform": UniformSampler, "progressive": ProgressiveShrinkingSampler,
+            "delayed": DelayedShrinkingSampler, "nested": NestedSampler}
+
+
+def resolve_sampler(sampler: str | Sampler, num_random: int) -> Sampler:
+    """A sampler instance from a name in :data:`SAMPLERS` or an instance (returned as is).
+
+    Raises:
+        ConfigError: unknown name or wrong type.
+    """
+    if isinstance(sampler, Sampler):
+        return sampler
+    if isinstance(sampler, str) and sampler in SAMPLERS:
+        if sampler == "uniform":
+            return UniformSampler(max(1, num_random))
+        return SAMPLERS[sampler](num_random=num_random)
+    raise ConfigError(
+        f"`sampler` got {sampler!r}; allowed: {sorted(SAMPLERS)} or a lightning_elastic.training.samplers.Sampler "
+        "instance. HINT: sampler='sandwich' is BigNAS's rule (max + random + min)."
+    )
