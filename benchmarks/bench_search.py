@@ -74,7 +74,7 @@ def data(size: int = 16):
 def train_supernet(epochs: int) -> tuple[Classifier, DataLoader, DataLoader]:
     torch.manual_seed(0)
     model = Classifier()
-    net = to_supernet(model.backbone, SearchSpaceConfig(width=(0.25, 0.5, 0.75, 1.0), depth=None))
+    net = to_supernet(model.backbone, SearchSpaceConfig(width=(0.125, 0.25, 0.5, 1.0), depth=None))
     model.supernet = net
     train, val = data()
     tl = DataLoader(train, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
@@ -165,7 +165,7 @@ def run_strategy(rows, space, strategy: str, seed: int, budget: int) -> tuple[li
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--linas-budget", type=int, default=80)
     parser.add_argument("--overhead-evals", type=int, default=200)
     args = parser.parse_args()

@@ -91,6 +91,7 @@ class Layout:
     writes: list[str] = field(default_factory=list)  # Linears writing it (pooler)
     hidden_blockers: list[str] = field(default_factory=list)  # modules that make an elastic hidden size impossible
     causal: bool = False
+    bare: bool = False  # the model outputs hidden states itself: hidden channels must keep their order
 
     def prefixed(self, prefix: str) -> Layout:
         """The same layout seen from a wrapper (``prefix`` such as ``'base_model.model.'``)."""
@@ -101,7 +102,7 @@ class Layout:
                   for la in self.layer_list]
         return Layout(self.family, p(self.layers), layers, self.hidden, [p(e) for e in self.embeddings],
                       [p(n) for n in self.norms], [p(r) for r in self.reads], [p(w) for w in self.writes],
-                      list(self.hidden_blockers), self.causal)
+                      list(self.hidden_blockers), self.causal, self.bare)
 
 
 def is_lora_layer(module: nn.Module) -> bool:
@@ -200,7 +201,8 @@ def plan_layout(model: nn.Module, layout: Layout, config: SearchSpaceConfig, pla
         )
     hidden = ElasticDim("hidden", hidden_choices, layout.hidden, kind="width")
     plan.dims.append(hidden)
-    hgroup = hidden.couple()
+    # a bare model returns the hidden states: reordering them would permute its output, so keep the order
+    hgroup = ChannelGroup() if layout.bare else hidden.couple()
     hax = Axis(hidden)
     elastic_hidden = hidden.is_elastic or any(fnmatch.fnmatchcase("hidden", p) for p in config.overrides)
 
@@ -402,8 +404,10 @@ def head_parts(model: nn.Module, base_prefix: str, hidden: int) -> tuple[list[st
     LayerNorm over ``hidden`` normalises them; slicing all of them alike keeps tied decoders consistent.
     """
     reads, writes, norms = [], [], []
+    if not base_prefix:
+        return reads, writes, norms  # a bare base model has no head
     for name, module in model.named_modules():
-        if not name or (base_prefix and (name == base_prefix or name.startswith(base_prefix + "."))):
+        if not name or name == base_prefix or name.startswith(base_prefix + "."):
             continue
         if any(is_lora_layer(model.get_submodule(p)) for p in _parents(name)):
             continue  # inside a peft wrapper: handled through the wrapper

@@ -91,10 +91,11 @@ def bert_layout(model: nn.Module) -> Layout | None:
         blockers.append(f"{p}embeddings_project")  # ELECTRA-small style factorised embeddings
     reads, writes, head_norms = head_parts(model, prefix, hidden)
     pooler = getattr(base, "pooler", None)
-    if isinstance(getattr(pooler, "dense", None), nn.Linear):
+    dense = getattr(pooler, "dense", None)
+    if isinstance(getattr(dense, "base_layer", dense), nn.Linear):  # a peft wrapper is not an nn.Linear
         reads.append(f"{p}pooler.dense")
         writes.append(f"{p}pooler.dense")
-    return Layout("bert", layers_path, layer_list, hidden, embeddings, norms + head_norms, reads, writes, blockers)
+    return Layout("bert", layers_path, layer_list, hidden, embeddings, norms + head_norms, reads, writes, blockers, bare=not prefix)
 
 
 class HFBertAdapter(HFTransformerAdapter, Adapter):

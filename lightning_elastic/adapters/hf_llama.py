@@ -68,7 +68,7 @@ def llama_layout(model: nn.Module) -> Layout | None:
     # Gemma scales embeddings by sqrt(hidden_size) and uses (1 + weight) norms: no elastic hidden size there
     blockers = [model_type] if model_type.startswith("gemma") else []
     return Layout("llama", f"{p}layers", layer_list, hidden, [f"{p}embed_tokens"], [f"{p}norm", *head_norms],
-                  reads, writes, blockers, causal=True)
+                  reads, writes, blockers, causal=True, bare=not prefix)
 
 
 def _set_heads(attn: nn.Module, total: int) -> None:

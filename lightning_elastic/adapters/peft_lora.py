@@ -78,14 +78,6 @@ class PeftLoraAdapter(Adapter):
 
     # -- planning ---------------------------------------------------------------------------------------------
     def _check(self, model: nn.Module, inner: nn.Module) -> Any:
-        base = _base_adapter(inner)
-        if base is None:
-            model_type = getattr(getattr(inner, "config", None), "model_type", None)
-            raise ConversionError(
-                f"the PeftModel wraps a {type(inner).__name__} (model_type {model_type!r}) that no transformers "
-                "adapter supports; allowed: BERT-, Llama- and ViT-family layouts. HINT: register an adapter with a "
-                "`layout(model)` method for this family (see lightning_elastic/adapters/hf_llama.py)."
-            )
         for adapter, cfg in model.peft_config.items():
             peft_type = str(getattr(cfg, "peft_type", ""))
             if "LORA" not in peft_type.upper() or getattr(cfg, "use_dora", False):
@@ -103,6 +95,14 @@ class PeftLoraAdapter(Adapter):
                 f"LoRA is applied to modules the elastic space does not cover: {uncovered[:5]}; allowed: LoRA on "
                 "nn.Linear layers (attention / MLP projections, heads). HINT: restrict `target_modules` of the "
                 "LoraConfig to Linear layers, e.g. ['q_proj', 'v_proj', 'up_proj', 'down_proj']."
+            )
+        base = _base_adapter(inner)
+        if base is None:
+            model_type = getattr(getattr(inner, "config", None), "model_type", None)
+            raise ConversionError(
+                f"the PeftModel wraps a {type(inner).__name__} (model_type {model_type!r}) that no transformers "
+                "adapter supports; allowed: BERT-, Llama- and ViT-family layouts. HINT: register an adapter with a "
+                "`layout(model)` method for this family (see lightning_elastic/adapters/hf_llama.py)."
             )
         return base
 

@@ -191,7 +191,7 @@ class TimmEfficientNetAdapter(Adapter):
             specs.set(f"{prefix}.se.conv_reduce", in_axis=dim)
             specs.set(f"{prefix}.se.conv_expand", out_axis=dim)
             couple_in(group, se.conv_reduce)
-            pass  # MUTANT
+            couple_out(group, se.conv_expand)
         couple_in(group, block.conv_pwl, scores=True)  # OFA ranks mid channels by their use in conv_pwl
         self._plan_kernel(plan, specs, prefix, block, config)
 

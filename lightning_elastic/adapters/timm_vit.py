@@ -200,10 +200,11 @@ class TimmViTAdapter(Adapter):
                      if m is not None and not isinstance(m, nn.Identity) and not _is_norm(m)]
         if problems:
             if self._embed_requested(config, choices):
+                asked = f"`embed_dim`={config.embed_dim!r}" if len(choices) > 1 else "an `overrides` entry for embed_dim"
                 raise ConversionError(
-                    f"`embed_dim`={config.embed_dim!r} cannot be elastic on this model: {'; '.join(problems)}. "
+                    f"{asked} asks for an elastic embed dim, impossible on this model: {'; '.join(problems)}. "
                     "Supported: a Conv2d patch embedding, LayerNorm/RMSNorm norms and token/avg pooling. "
-                    "HINT: pass embed_dim=None (depth, heads and MLP hidden stay elastic)."
+                    "HINT: pass embed_dim=None and no embed_dim override (depth, heads and MLP hidden stay elastic)."
                 )
             return None
         embed = ElasticDim("embed_dim", choices, full, kind="width")

@@ -110,13 +110,17 @@ class SearchLoop:
         misses = 0
         try:
             with bar:
-                while st.num_taken(self.study) < self.num_evals:
-                    cfg = self._next_config()
+                while True:
+                    taken = st.taken_keys(self.study)
+                    bar.update(len(taken))
+                    if len(taken) >= self.num_evals:
+                        break
+                    cfg = self._next_config(taken)
                     if cfg is None and self.strategy != "evolution":
                         rank_zero_info(f"SubnetSearch: every subnet of the space is evaluated "
-                                       f"({st.num_taken(self.study)} of {self.space.num_subnets}).")
+                                       f"({len(taken)} of {self.space.num_subnets}).")
                         break
-                    trial = st.claim(self.study, cfg, self.dists)
+                    trial = st.claim(self.study, cfg, self.dists, taken)
                     if trial is None:
                         misses += 1
                         if misses > 50 * max(1, self.population_size):
@@ -125,7 +129,6 @@ class SearchLoop:
                         continue
                     misses = 0
                     self._evaluate_trial(trial)
-                    bar.update(st.num_taken(self.study))
         finally:
             self.timings["total_s"] += time.perf_counter() - start
 
@@ -143,19 +146,18 @@ class SearchLoop:
             raise
         seconds = time.perf_counter() - t0
         self.timings["evaluate_s"] += seconds
-        st.finish(self.study, trial, measured, self.objectives,
+        st.finish(self.study, trial, measured, self.objectives, list(self.constraints),
                   violations(measured, self.constraints, self.objectives), seconds)
         self.num_evaluated += 1
 
-    def _next_config(self) -> ArchConfig | None:
+    def _next_config(self, taken: set[str]) -> ArchConfig | None:
         if self.strategy == "evolution":
             return None  # the study's own sampler proposes
-        taken = st.taken_keys(self.study)
         if self.strategy == "linas" and len(taken) >= self.initial:
             while self._queue and config_key(self._queue[0]) in taken:
                 self._queue.pop(0)
             if not self._queue:
-                self._queue = self.propose(self._batch_size(len(taken)))
+                self._queue = self.propose(self._batch_size(len(taken)), taken)
             if self._queue:
                 return self._queue.pop(0)
         return self._random_config(taken)
@@ -199,7 +201,7 @@ class SearchLoop:
         self.timings["predictor_fit_s"] += time.perf_counter() - t0
         return out
 
-    def propose(self, batch: int) -> list[ArchConfig]:
+    def propose(self, batch: int, taken: set[str] | None = None) -> list[ArchConfig]:
         """Predicted Pareto candidates not evaluated yet, at most ``batch`` of them, spread along the front."""
         self._round += 1
         predictors = self.fit_predictors()
@@ -210,7 +212,7 @@ class SearchLoop:
         t0 = time.perf_counter()
         table = self._predictor_search(predictors)
         self.timings["predictor_search_s"] += time.perf_counter() - t0
-        taken = st.taken_keys(self.study)
+        taken = st.taken_keys(self.study) if taken is None else taken
         rows = [(k, v) for k, v in table.items() if k not in taken]
         if not rows:
             return []
@@ -231,15 +233,13 @@ class SearchLoop:
                 if len(front) > need:
                     front = front[np.unique(np.linspace(0, len(front) - 1, need).round().astype(int))]
                 order.extend(front.tolist())
-        if len(order) < batch:  # nothing (enough) predicted feasible: the least violating ones
-            rest = [i for i in np.argsort(viol) if i not in set(order)]
-            order.extend(rest[: batch - len(order)])
+        if not order:  # nothing predicted feasible: the least violating candidates show where the boundary is
+            order = np.argsort(viol)[:batch].tolist()
         return [cfgs[i] for i in order]
 
     def _predictor_search(self, predictors: Mapping[str, Predictor]) -> dict[str, tuple]:
         """Run the Optuna sampler on the predictors; returns ``{key: (cfg, min-form values, violations)}``."""
-        sampler = st.make_sampler(self.sampler, self.seed + self._round, st.constraints_from_attrs,
-                                  self.population_size)
+        sampler = st.make_sampler(self.sampler, self.seed + self._round, self.population_size)
         study = optuna.create_study(directions=[o.optuna_direction for o in self.objectives], sampler=sampler)
         table: dict[str, tuple] = {}
         sequential = self.sampler in ("tpe", "gp")
@@ -251,7 +251,7 @@ class SearchLoop:
             values = self._predict(predictors, cfgs)
             for t, cfg, vals in zip(asked, cfgs, values):
                 cons = violations(vals, self.constraints, self.objectives)
-                t.set_user_attr("constraints", cons)
+                st.set_constraints(t, list(self.constraints), cons)
                 study.tell(t, [vals[o.name] for o in self.objectives])
                 sign = [1.0 if o.direction == "min" else -1.0 for o in self.objectives]
                 table[config_key(cfg)] = (cfg, [s * vals[o.name] for s, o in zip(sign, self.objectives)], cons)

@@ -67,7 +67,7 @@ def collect(study: optuna.Study, space: SearchSpace, objectives: Sequence[Object
     out = []
     for t in st.real_trials(study):
         out.append(Evaluation(t.number, {**space.max_config(), **t.params}, dict(t.user_attrs.get("measured", {})),
-                              max([0.0, *t.user_attrs.get("constraints", [])]),
+                              max([0.0, *st.constraint_values(t)]),
                               float(t.user_attrs.get("eval_seconds", 0.0))))
     return out
 

@@ -163,8 +163,7 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
     storage = settings.storage or st.default_storage(output_dir)
     sampler = None
     if settings.strategy == "evolution":
-        sampler = st.make_sampler(settings.sampler, settings.seed, st.constraints_from_attrs,
-                                  settings.population_size)
+        sampler = st.make_sampler(settings.sampler, settings.seed, settings.population_size)
     study = st.open_study(storage, settings.study_name, space, settings.parsed, sampler)
     loop = SearchLoop(space, settings.parsed, settings.constraints, measurer.measure, measurer.costs, study,
                       strategy=settings.strategy, num_evals=settings.num_evals, rounds=settings.rounds,

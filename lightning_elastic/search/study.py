@@ -38,23 +38,29 @@ def distributions(space: SearchSpace) -> dict[str, CategoricalDistribution]:
     return {d.name: CategoricalDistribution(list(d.choices)) for d in space.elastic_dims}
 
 
-def make_sampler(name: str, seed: int | None, constraints_func=None, population_size: int = 32):
-    """An Optuna sampler by name (``nsga2``, ``nsga3``, ``tpe``, ``gp``)."""
+def make_sampler(name: str, seed: int | None, population_size: int = 32):
+    """An Optuna sampler by name (``nsga2``, ``nsga3``, ``tpe``, ``gp``).
+
+    Constraints reach every sampler through ``trial.set_constraint`` (Optuna >= 5), not ``constraints_func``.
+    """
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed,
-                                             constraints_func=constraints_func)
+        return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
     if name == "nsga3":
-        return optuna.samplers.NSGAIIISampler(population_size=population_size, seed=seed,
-                                              constraints_func=constraints_func)
+        return optuna.samplers.NSGAIIISampler(population_size=population_size, seed=seed)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_func, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func)
+        return optuna.samplers.GPSampler(seed=seed)
     raise ConfigError(f"`sampler` got {name!r}; allowed: {list(SAMPLERS)}. HINT: sampler='nsga2'.")
 
 
-def constraints_from_attrs(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraints", []))
+def set_constraints(trial: optuna.Trial, names: Sequence[str], values: Sequence[float]) -> None:
+    for name, value in zip(names, values):
+        trial.set_constraint(name, float(value))
+
+
+def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
+    return [float(v) for v in trial.constraints.values()]
 
 
 def default_storage(output_dir: str | Path) -> str:
@@ -63,15 +69,34 @@ def default_storage(output_dir: str | Path) -> str:
     return f"sqlite:///{path}"
 
 
-def open_study(storage: str, study_name: str, space: SearchSpace, objectives: Sequence[Objective],
+def make_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
+    """An RDB storage; SQLite files get WAL journaling (readers never block the writer, cheap commits)."""
+    if storage is None:
+        return None  # in memory: benchmarks and tests
+    if storage.startswith("sqlite:///"):
+        import sqlite3
+
+        path = storage[len("sqlite:///"):]
+
+        def connect():
+            conn = sqlite3.connect(path, timeout=60, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn
+
+        return optuna.storages.RDBStorage(storage, engine_kwargs={"creator": connect})
+    return optuna.storages.RDBStorage(storage)
+
+
+def open_study(storage: str | None, study_name: str, space: SearchSpace, objectives: Sequence[Objective],
                sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    """Create or load the study and check it belongs to this space and these objectives.
+    """Create or load the study (``storage`` None: in memory) and check it belongs to this space and objectives.
 
     Raises:
         SearchError: the stored study was made for another search space or other objectives.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
+    study = optuna.create_study(storage=make_storage(storage), study_name=study_name, load_if_exists=True,
                                 directions=[o.optuna_direction for o in objectives],
                                 sampler=sampler or optuna.samplers.RandomSampler())
     signature = space.signature()
@@ -85,7 +110,7 @@ def open_study(storage: str, study_name: str, space: SearchSpace, objectives: Se
         stored = {d["name"] for d in json.loads(attrs["space_signature"])}
         ours = set(space.names())
         raise SearchError(
-            f"`study_name` {study_name!r} in `storage` {_redact(storage)!r} belongs to another search space "
+            f"`study_name` {study_name!r} in `storage` {_redact(storage or 'memory')!r} belongs to another search space "
             f"(dims only there: {sorted(stored - ours)[:6]}, only here: {sorted(ours - stored)[:6]}, "
             f"{len(stored & ours)} shared, choices may differ). HINT: pass a new `study_name` or `output_dir`, "
             "or search the supernet the study was made for."
@@ -149,21 +174,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def claim(study: optuna.Study, cfg: Mapping[str, int] | None, dists: Mapping[str, Any]) -> optuna.Trial | None:
+def claim(study: optuna.Study, cfg: Mapping[str, int] | None, dists: Mapping[str, Any],
+          taken: set[str] | None = None) -> optuna.Trial | None:
     """Start a trial for ``cfg`` (or for the study's sampler's proposal when ``cfg`` is None).
+
+    Args:
+        taken: the keys already taken, if the caller just read them (saves a storage round trip).
 
     Returns:
         The RUNNING trial to evaluate (its ``params`` are the config), or None when the config is already taken.
     """
     if cfg is not None:
         key = config_key(cfg)
-        if key in taken_keys(study):
+        if key in (taken if taken is not None else taken_keys(study)):
             return None
-        study.enqueue_trial({k: cfg[k] for k in dists}, user_attrs={"config_key": key})
+        study.enqueue_trial({k: cfg[k] for k in dists}, user_attrs={"config_key": key, "worker": _WORKER})
     trial = study.ask(dict(dists))
     key = config_key(trial.params)
-    trial.set_user_attr("config_key", key)
-    trial.set_user_attr("worker", _WORKER)
+    if cfg is None or trial.user_attrs.get("config_key") != key or trial.user_attrs.get("worker") != _WORKER:
+        trial.set_user_attr("config_key", key)
+        trial.set_user_attr("worker", _WORKER)
     # lost a race? the lowest trial number holding a config keeps it
     for other in real_trials(study, (TrialState.COMPLETE, TrialState.RUNNING)):
         if other.number < trial.number and _key(other) == key:
@@ -178,18 +208,18 @@ def claim(study: optuna.Study, cfg: Mapping[str, int] | None, dists: Mapping[str
 def _duplicate_complete(study: optuna.Study, trial: optuna.Trial, other: optuna.trial.FrozenTrial) -> None:
     # a sampler proposal that was already measured: tell the known values so the sampler's population stays whole
     trial.set_user_attr("duplicate_of", other.number)
-    trial.set_user_attr("constraints", constraints_from_attrs(other))
-    trial.set_user_attr("measured", other.user_attrs.get("measured", {}))
+    for name, value in other.constraints.items():
+        trial.set_constraint(name, value)
     study.tell(trial, other.values)
     return None
 
 
 def finish(study: optuna.Study, trial: optuna.Trial, measured: Mapping[str, float], objectives: Sequence[Objective],
-           constraint_values: Sequence[float], seconds: float) -> None:
+           constraint_names: Sequence[str], constraint_values: Sequence[float], seconds: float) -> None:
     """Record a real evaluation as a COMPLETE trial."""
     trial.set_user_attr("measured", {k: float(v) for k, v in measured.items()})
-    trial.set_user_attr("constraints", [float(c) for c in constraint_values])
     trial.set_user_attr("eval_seconds", float(seconds))
+    set_constraints(trial, constraint_names, constraint_values)
     study.tell(trial, [float(measured[o.name]) for o in objectives])
 
 

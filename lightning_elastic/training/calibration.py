@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_elastic.core.errors import ConfigError
+
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
     """Feed a batch to ``model``: a tensor, the first element of a tuple/list, or a dict of keyword inputs
@@ -26,8 +28,8 @@ def default_forward(model: nn.Module, batch: Any) -> Any:
     if isinstance(batch, dict):
         return model(**{k: v for k, v in batch.items() if k not in ("labels", "label", "y")})
     raise TypeError(
-        f"cannot feed a batch of type {type(batch).__name__} to the model. HINT: pass `forward_fn=` "
-        "(model, batch) -> output."
+        f"cannot feed a batch of type {type(batch).__name__} to the model; allowed: a Tensor, a tuple/list whose "
+        "first element is the input, or a dict of keyword inputs. HINT: pass `forward_fn=` (model, batch) -> output."
     )
 
 
@@ -47,10 +49,19 @@ def recalibrated_bn(model: nn.Module, batches: Iterable[Any], num_batches: int =
         forward_fn: ``(model, batch) -> output``.
 
     Yields:
-        The number of batches used. Does nothing (yields 0) for models without BatchNorm.
+        The number of batches used. Yields 0 and keeps the supernet's statistics for models without BatchNorm,
+        ``num_batches=0`` or an empty ``batches``.
+
+    Raises:
+        ConfigError: ``num_batches`` is not an integer >= 0.
     """
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 0:
+        raise ConfigError(
+            f"`num_batches` got {num_batches!r}; allowed: an integer >= 0 (0 keeps the supernet's statistics). "
+            "HINT: 10 to 50 batches are usually enough to re-estimate BatchNorm statistics."
+        )
     bns = batchnorm_modules(model)
-    if not bns:
+    if not bns or num_batches == 0:
         yield 0
         return
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in bns]
@@ -67,12 +78,18 @@ def recalibrated_bn(model: nn.Module, batches: Iterable[Any], num_batches: int =
             for batch in islice(batches, num_batches):
                 forward_fn(model, batch)
                 used += 1
+        if used == 0:  # nothing to estimate from: keep the supernet's statistics rather than zeros
+            _restore(bns, saved)
         model.train(was_training)
         yield used
     finally:
-        for m, (mean, var, count, momentum) in zip(bns, saved):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
-            m.momentum = momentum
+        _restore(bns, saved)
         model.train(was_training)
+
+
+def _restore(bns: list[nn.modules.batchnorm._BatchNorm], saved: list[tuple]) -> None:
+    for m, (mean, var, count, momentum) in zip(bns, saved):
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)
+        m.num_batches_tracked.copy_(count)
+        m.momentum = momentum

@@ -151,7 +151,7 @@ class ElasticTraining(Callback):
         self._skip_zero_grad = False
         self._module: L.LightningModule | None = None
         self._trainer: L.Trainer | None = None
-        self._warned_no_targets = False
+        self._total_steps: float | None = None
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _find_model(self, pl_module: L.LightningModule) -> nn.Module:
@@ -234,6 +234,7 @@ class ElasticTraining(Callback):
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._total_steps = None
         if self.teacher is not None:
             self.teacher.to(pl_module.device).eval().requires_grad_(False)
         if self.distill_fn is not None and self.teacher is None and not any(
@@ -244,7 +245,9 @@ class ElasticTraining(Callback):
 
     # -- training ------------------------------------------------------------------------------------------
     def step_context(self, trainer: L.Trainer) -> StepContext:
-        total = trainer.estimated_stepping_batches
+        if self._total_steps is None:  # computing it re-inspects the dataloaders: once per fit
+            self._total_steps = trainer.estimated_stepping_batches
+        total = self._total_steps
         progress = trainer.global_step / total if total and math.isfinite(total) else 0.0
         return StepContext(trainer.global_step, trainer.current_epoch, min(1.0, progress))
 

@@ -7,6 +7,7 @@ teacher's. Outputs may be tensors, tuples/lists (first element), dicts or HF-sty
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -106,10 +107,11 @@ def resolve_distill(name: str | None | DistillLoss, temperature: float) -> Disti
         return None
     if callable(name):
         return name
+    # partials, not lambdas: the callback must pickle for ddp_spawn
     if name == "inplace-kl":
-        return lambda s, t: kl_divergence(s, t, temperature)
+        return partial(kl_divergence, temperature=temperature)
     if name == "alpha-divergence":
-        return lambda s, t: alpha_divergence(s, t, temperature)
+        return partial(alpha_divergence, temperature=temperature)
     raise ConfigError(
         f"`distill` got {name!r}; allowed: 'inplace-kl', 'alpha-divergence', None (no distillation) or a callable "
         "(student_logits, teacher_logits) -> loss. HINT: distill='inplace-kl' is BigNAS's in-place distillation."

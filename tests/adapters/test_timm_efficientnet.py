@@ -26,6 +26,16 @@ MODELS = ["mobilenetv3_small_050", "mobilenetv3_large_100", "efficientnet_b0", "
 PX = 32
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # batch-2, 32 px convs are too small to gain from threads; on a shared 2-core box spinning OpenMP workers
+    # made this module ~5x slower in wall time
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def nets():
     """name -> (unconverted copy, Supernet); built once per module, each test restores the max config."""
@@ -138,7 +148,7 @@ def test_user_space_and_overrides():
 
 
 # -- random configs: export == supernet, params == analytic, JSON round trip -------------------------------
-@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(MODELS), data=st.data())
 def test_export_equals_supernet(nets, name, data):
     original, net = nets(name)
@@ -330,3 +340,13 @@ def test_failure_while_building_leaves_model_untouched():
         to_supernet(model, SearchSpaceConfig(overrides={"blocks.2.0.kernel": [2, 5]}))
     _assert_untouched(model, snap)
     assert to_supernet(model).space["blocks.2.0.kernel"].choices == (3, 5)  # and it still converts afterwards
+
+
+def test_torch_export_of_subnet(nets):
+    # the exported min subnet has cropped kernels in timm's dynamic-'SAME' Conv2dSame
+    _, net = nets("tf_efficientnet_b0")
+    exported = net.export(net.min_config()).eval()
+    x = _x(1)
+    program = torch.export.export(exported, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), exported(x), atol=1e-5, rtol=1e-4)

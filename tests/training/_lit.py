@@ -13,7 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 def tiny_resnet(num_classes: int = 4, seed: int = 0) -> ResNet:
     """A timm ResNet with BasicBlocks, stages of 2/2/1/1 blocks and 8-16 channels (elastic depth in 2 stages)."""
     torch.manual_seed(seed)
-    return ResNet(BasicBlock, [2, 2, 1, 1], num_classes=num_classes, channels=(8, 8, 16, 16), stem_width=8)
+    return ResNet(BasicBlock, [2, 2, 1, 1], num_classes=num_classes, channels=(8, 8, 16, 16), stem_width=8,
+                  zero_init_last=False)  # else every residual branch starts at zero and subnets look alike
 
 
 def tiny_data(n: int = 32, size: int = 16, num_classes: int = 4, seed: int = 0) -> TensorDataset:

@@ -1,0 +1,104 @@
+"""Llama-family decoders (Llama GQA/MHA, Qwen2, Mistral): shared checks plus GQA and depth specifics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_elastic import ConfigError, SearchSpaceConfig, UnsupportedModelError, to_supernet
+from lightning_elastic.adapters.hf_llama import HFLlamaAdapter
+from tests.adapters.hf._tiny import (
+    Case,
+    _decoder,
+    cases,
+    check_export_and_reload,
+    check_grads_outside_slice,
+    check_max_config_equals_original,
+    token_input,
+)
+
+CASES = cases("llama", "qwen2", "mistral")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_max_config_equals_original(case: Case):
+    check_max_config_equals_original(case)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_export_and_reload(case: Case, tmp_path):
+    check_export_and_reload(case, tmp_path)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_grads_zero_outside_slice(case: Case):
+    check_grads_outside_slice(case)
+
+
+def test_gqa_keeps_kv_heads_and_groups_in_sync():
+    model = _decoder("LlamaForCausalLM", "LlamaConfig", kv=2)().eval()
+    net = to_supernet(model, SearchSpaceConfig(depth=None, width=None))
+    assert net.space["layers.0.attn.heads"].choices == (2, 4)  # multiples of the 2 KV heads
+    attn = model.model.layers[0].self_attn
+    net.select({**net.max_config(), "layers.0.attn.heads": 2})
+    assert attn.num_key_value_groups == 1
+    exported = net.export()
+    assert exported.model.layers[0].self_attn.k_proj.out_features == attn.k_proj.weight.shape[0]  # KV kept
+    assert exported.model.layers[0].self_attn.q_proj.out_features == 2 * attn.head_dim
+    net.select(net.max_config())
+    assert attn.num_key_value_groups == 2
+
+
+def test_homogeneous_export_is_plain_hf(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = _decoder("LlamaForCausalLM", "LlamaConfig")().eval()
+    net = to_supernet(model, SearchSpaceConfig(depth=(0.5, 1.0)))
+    cfg = net.min_config()
+    net.save_subnet(tmp_path, cfg)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # no lightning_elastic involved
+    assert plain.config.num_hidden_layers == 1 and plain.config.num_attention_heads == 2
+    assert plain.config.intermediate_size == 32 and plain.model.layers[0].self_attn.layer_idx == 0
+    x = token_input()
+    net.select(cfg)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**x).logits, model(**x).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_qwen2_export_keeps_layer_types():
+    model = _decoder("Qwen2ForCausalLM", "Qwen2Config", num_hidden_layers=3)().eval()
+    net = to_supernet(model, SearchSpaceConfig(depth=[2, 3]))
+    exported = net.export({**net.max_config(), "layers.depth": 2})
+    assert exported.config.num_hidden_layers == 2 and len(exported.config.layer_types) == 2
+
+
+def test_gqa_breaking_heads_raise():
+    model = _decoder("LlamaForCausalLM", "LlamaConfig", kv=2)()
+    with pytest.raises(ConfigError, match=r"break grouped-query attention.*HINT"):
+        to_supernet(model, SearchSpaceConfig(heads=[3, 4]))
+    with pytest.raises(ConfigError, match=r"overrides\['layers.\*.attn.heads'\].*grouped-query.*HINT"):
+        to_supernet(model, SearchSpaceConfig(overrides={"layers.*.attn.heads": [1, 4]}))
+    assert not any(type(m).__name__.startswith("Elastic") for m in model.modules())  # untouched
+
+
+def test_depth_order_must_start_with_layer_zero():
+    with pytest.raises(ConfigError, match=r"`depth_order`.*layer 0.*HINT"):
+        HFLlamaAdapter(depth_order=[1, 0])
+
+
+def test_importance_ordered_depth():
+    model = _decoder("LlamaForCausalLM", "LlamaConfig", num_hidden_layers=3)()
+    net = to_supernet(model, SearchSpaceConfig(depth=[2, 3], width=None, heads=None),
+                      adapter=HFLlamaAdapter(depth_order=[0, 2, 1]))
+    net.select({"layers.depth": 2})
+    exported = net.export()
+    torch.testing.assert_close(exported.model.layers[1].mlp.up_proj.weight, model.model.layers.all_modules()[2]
+                               .mlp.up_proj.weight)
+
+
+def test_unsupported_hf_model_lists_model_types():
+    from transformers import GPT2Config, GPT2Model
+
+    model = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=100))
+    with pytest.raises(UnsupportedModelError, match=r"(?s)model_type 'gpt2'.*llama, mistral, qwen2.*HINT.*register_adapter"):
+        to_supernet(model)
