@@ -15,7 +15,9 @@ Dimensions (Once-for-All's space):
 Kept fixed: the stem, the head, stage output widths, ``ConvBnAct`` and ``EdgeResidual`` blocks (EfficientNetV2),
 ``DepthwiseSeparableConv`` channels, and kernels that are not square, odd and undilated (e.g. ``output_stride=16``).
 ``tf_`` variants' dynamic 'SAME' convs (``Conv2dSame``) are supported: padding is recomputed for the active kernel.
-Refused with a ConversionError: MixNet (``MixedConv2d``), CondConv, MobileNetV4 blocks, anti-aliased blocks.
+Refused with a ConversionError: MixNet (``MixedConv2d``), CondConv, MobileNetV4 blocks, anti-aliased blocks,
+non-BatchNorm norms. Export needs no attribute fixes (no ``finalize_export``): timm's blocks read every size they
+use from their tensors, and stage widths (``feature_info``) do not change.
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ class TimmEfficientNetAdapter(Adapter):
         if not isinstance(blocks, nn.Sequential) or not all(isinstance(s, nn.Sequential) for s in blocks):
             raise ConversionError(
                 f"`model.blocks` of this {type(model).__name__} is {type(blocks).__name__}; the timm-efficientnet "
-                "adapter expects an nn.Sequential of nn.Sequential stages. HINT: convert a model built by "
-                "timm.create_model, not a features_only wrapper."
+                "adapter expects an nn.Sequential of nn.Sequential stages (model.blocks[stage][block]). HINT: keep "
+                "timm's stage layout, or register an adapter for this layout."
             )
         plan = ConversionPlan(meta=self.describe(model))
         specs = OpSpecs(model)

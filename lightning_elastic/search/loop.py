@@ -120,7 +120,7 @@ class SearchLoop:
                         rank_zero_info(f"SubnetSearch: every subnet of the space is evaluated "
                                        f"({len(taken)} of {self.space.num_subnets}).")
                         break
-                    trial = st.claim(self.study, cfg, self.dists, taken)
+                    trial = st.claim(self.study, cfg, self.dists, taken, self.num_evals)
                     if trial is None:
                         misses += 1
                         if misses > 50 * max(1, self.population_size):

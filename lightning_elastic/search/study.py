@@ -2,7 +2,7 @@
 
 Several workers may share a study through one RDB URL. A worker *claims* a config by enqueueing it and popping a
 waiting trial (atomic in Optuna's RDB storage); if two workers raced for the same config, the later trial number
-yields (PRUNED, ``duplicate_of``) before anything is measured. A config is taken once a RUNNING or COMPLETE trial
+yields (PRUNED, user attr ``skipped``) before anything is measured; so does a trial past the budget. A config is taken once a RUNNING or COMPLETE trial
 holds it, so a resumed search never re-evaluates a finished one. RUNNING trials left by a dead process on this host
 are marked FAIL on start.
 """
@@ -137,7 +137,7 @@ def _key(trial: optuna.trial.FrozenTrial) -> str:
 
 def real_trials(study: optuna.Study, states: Sequence[TrialState] = (TrialState.COMPLETE,)) -> list:
     """Trials that are real evaluations (duplicates excluded)."""
-    return [t for t in study.get_trials(deepcopy=False, states=tuple(states)) if "duplicate_of" not in t.user_attrs]
+    return [t for t in study.get_trials(deepcopy=False, states=tuple(states)) if "skipped" not in t.user_attrs]
 
 
 def taken_keys(study: optuna.Study) -> set[str]:
@@ -175,14 +175,16 @@ def _alive(pid: int) -> bool:
 
 
 def claim(study: optuna.Study, cfg: Mapping[str, int] | None, dists: Mapping[str, Any],
-          taken: set[str] | None = None) -> optuna.Trial | None:
+          taken: set[str] | None = None, budget: int | None = None) -> optuna.Trial | None:
     """Start a trial for ``cfg`` (or for the study's sampler's proposal when ``cfg`` is None).
 
     Args:
         taken: the keys already taken, if the caller just read them (saves a storage round trip).
+        budget: total real evaluations wanted; a trial that another worker's claims pushed over it yields.
 
     Returns:
-        The RUNNING trial to evaluate (its ``params`` are the config), or None when the config is already taken.
+        The RUNNING trial to evaluate (its ``params`` are the config), or None when the config is already taken
+        (or the budget is full).
     """
     if cfg is not None:
         key = config_key(cfg)
@@ -194,20 +196,27 @@ def claim(study: optuna.Study, cfg: Mapping[str, int] | None, dists: Mapping[str
     if cfg is None or trial.user_attrs.get("config_key") != key or trial.user_attrs.get("worker") != _WORKER:
         trial.set_user_attr("config_key", key)
         trial.set_user_attr("worker", _WORKER)
-    # lost a race? the lowest trial number holding a config keeps it
-    for other in real_trials(study, (TrialState.COMPLETE, TrialState.RUNNING)):
-        if other.number < trial.number and _key(other) == key:
+    # lost a race? the lowest trial number holding a config keeps it, and the first `budget` trials run
+    earlier = [t for t in real_trials(study, (TrialState.COMPLETE, TrialState.RUNNING)) if t.number < trial.number]
+    for other in earlier:
+        if _key(other) == key:
             if other.state == TrialState.COMPLETE and cfg is None:
                 return _duplicate_complete(study, trial, other)
-            trial.set_user_attr("duplicate_of", other.number)
-            study.tell(trial, state=TrialState.PRUNED)
-            return None
+            return _skip(study, trial, f"duplicate of trial {other.number}")
+    if budget is not None and len({_key(t) for t in earlier}) >= budget:
+        return _skip(study, trial, "over budget")
     return trial
+
+
+def _skip(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr("skipped", reason)
+    study.tell(trial, state=TrialState.PRUNED)
+    return None
 
 
 def _duplicate_complete(study: optuna.Study, trial: optuna.Trial, other: optuna.trial.FrozenTrial) -> None:
     # a sampler proposal that was already measured: tell the known values so the sampler's population stays whole
-    trial.set_user_attr("duplicate_of", other.number)
+    trial.set_user_attr("skipped", f"duplicate of trial {other.number}")
     for name, value in other.constraints.items():
         trial.set_constraint(name, value)
     study.tell(trial, other.values)

@@ -5,11 +5,12 @@ import socket
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_elastic import ElasticTraining, SearchSpaceConfig
 from tests._models import TinyMLPAdapter
-from tests.training.test_callback import MLPModule, mlp_loader
 from tests.training._lit import trainer
+from tests.training.test_callback import MLPModule, mlp_loader
 
 SPACE = SearchSpaceConfig(width=(0.25, 0.5, 1.0), depth=(1, 2, 3))
 
@@ -29,11 +30,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def fit(path, **kw):
-    module = MLPModule()
-    elastic = ElasticTraining(SPACE, adapter=TinyMLPAdapter(), seed=1, validate_subnets=None)
-    trainer(callbacks=[elastic, SaveFirstGrads(path)], **kw).fit(module, mlp_loader(n=32, batch_size=8))
-    return module
+class ShardedMLPModule(MLPModule):
+    """Rank r gets samples r, r+2, …: the ranks' first batches together are the single process's first batch."""
+
+    def train_dataloader(self):
+        data = mlp_loader(n=32).dataset
+        sampler = DistributedSampler(data, num_replicas=self.trainer.world_size, rank=self.global_rank, shuffle=False)
+        return DataLoader(data, batch_size=8, sampler=sampler)
 
 
 @pytest.mark.slow
@@ -42,13 +45,14 @@ def test_ddp_grads_equal_single_process_on_concatenated_batch(tmp_path, monkeypa
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     # 4 optimizer steps: elastic depth leaves blocks unused on some steps, and no rank may hang on them
-    fit(tmp_path / "ddp.pt", strategy="ddp_spawn", devices=2, max_steps=4)
+    elastic = ElasticTraining(SPACE, adapter=TinyMLPAdapter(), seed=1, validate_subnets=None)
+    trainer(callbacks=[elastic, SaveFirstGrads(tmp_path / "ddp.pt")], strategy="ddp_spawn", devices=2, max_steps=4,
+            use_distributed_sampler=False).fit(ShardedMLPModule())
     single = MLPModule()
     elastic = ElasticTraining(SPACE, adapter=TinyMLPAdapter(), seed=1, validate_subnets=None)
     trainer(callbacks=[elastic, SaveFirstGrads(tmp_path / "one.pt")], max_steps=1).fit(
         single, mlp_loader(n=32, batch_size=16))
     ddp, one = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "one.pt")
     assert set(ddp) == set(one)
-    torch.save(ddp, "/tmp/le/ddp.pt"); torch.save(one, "/tmp/le/one.pt")
     for name in one:  # DDP averages the two ranks' means: the mean over all 16 samples, up to float rounding
         torch.testing.assert_close(ddp[name], one[name], rtol=1e-5, atol=1e-6, msg=name)

@@ -1,0 +1,32 @@
+"""One search worker process: ``python _worker.py STORAGE NUM_EVALS STRATEGY`` (used by test_workers.py)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from lightning_elastic.search import study as st  # noqa: E402
+from lightning_elastic.search.loop import SearchLoop  # noqa: E402
+from lightning_elastic.search.objectives import parse_objectives  # noqa: E402
+from tests.search import _synthetic as syn  # noqa: E402
+
+
+def slow_evaluate(cfg):
+    time.sleep(0.05)  # long enough for the two workers to interleave
+    return syn.evaluate(cfg)
+
+
+if __name__ == "__main__":
+    storage, num_evals, strategy = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    objectives = parse_objectives(["val_acc:max", "macs:min"])
+    space = syn.space()
+    study = st.open_study(storage, "shared", space, objectives)
+    # same seed in both workers: they propose the same configs, the worst case for duplicates
+    loop = SearchLoop(space, objectives, {}, slow_evaluate, syn.costs, study, strategy=strategy, num_evals=num_evals,
+                      rounds=3, initial=6, predictors=("ridge",), predictor_trials=64, population_size=8, seed=0,
+                      progress=False)
+    loop.run()
+    print(f"evaluated {loop.num_evaluated}")
