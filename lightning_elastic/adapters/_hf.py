@@ -95,7 +95,9 @@ class Layout:
 
     def prefixed(self, prefix: str) -> Layout:
         """The same layout seen from a wrapper (``prefix`` such as ``'base_model.model.'``)."""
-        p = (lambda s: prefix + s)
+        def p(path: str) -> str:
+            return prefix + path
+
         layers = [LayerLayout(AttnLayout(p(la.attn.module), p(la.attn.q), p(la.attn.k), p(la.attn.v), p(la.attn.o),
                                          la.attn.head_dim, la.attn.num_heads, la.attn.num_kv, la.attn.head_attrs),
                               [p(m) for m in la.mlp_in], p(la.mlp_out), [p(n) for n in la.norms])
@@ -384,6 +386,11 @@ def finalize_hf(model: nn.Module, adapter: HFTransformerAdapter, prefix: str, hf
     hidden = base_linear(model, layout.layer_list[0].attn.o).out_features if layout.layer_list else layout.hidden
     if len(set(heads)) <= 1 and len(set(mlps)) <= 1 and heads:
         adapter.update_config(config, heads[0], mlps[0], hidden, layout)
+    quant = getattr(getattr(hf_model, "hf_quantizer", None), "quantization_config", None)
+    if "gguf" in str(getattr(quant, "quant_method", "")).lower():
+        # GGUF weights were dequantized to float on load: the export is a plain float model that can be saved
+        hf_model.hf_quantizer = None
+        config.__dict__.pop("quantization_config", None)
     out_emb = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
     if getattr(config, "tie_word_embeddings", False) and isinstance(out_emb, nn.Linear):
         out_emb.weight = hf_model.get_input_embeddings().weight

@@ -74,7 +74,7 @@ def bert_layout(model: nn.Module) -> Layout | None:
         return None
     hidden = emb.word_embeddings.embedding_dim
     layer_list = []
-    for i, layer in enumerate(layers):
+    for i in range(len(layers)):
         lp = f"{layers_path}.{i}"
         q, k, v, o, ln1, mlp_in, mlp_out, ln2 = (f"{lp}.{n}" for n in names)
         attn_path = q.rpartition(".")[0]

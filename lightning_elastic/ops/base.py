@@ -70,8 +70,19 @@ class ElasticOp:
     def _axes(self) -> list[Axis]:
         return [ax for specs in self._slices.values() for _, ax in specs]
 
+    def _dim_state(self) -> tuple[tuple[ElasticDim, ...], tuple[int, ...]]:
+        """The op's dims and their full sizes, memoised (forward runs this per call: keep it cheap). Rebuilt when
+        ``_slices`` is replaced; ``from_module`` sets it once."""
+        memo = self.__dict__.get("_dims_memo")
+        if memo is None or memo[0] is not self._slices:
+            dims = tuple(self.dims())
+            memo = (self._slices, dims, tuple(d.full for d in dims))
+            self.__dict__["_dims_memo"] = memo
+        return memo[1], memo[2]
+
     def is_full(self) -> bool:
-        return all(ax.is_full for ax in self._axes())
+        dims, full = self._dim_state()
+        return tuple(d.active for d in dims) == full
 
     def dims(self) -> list[ElasticDim]:
         seen: dict[int, ElasticDim] = {}
@@ -89,22 +100,24 @@ class ElasticOp:
 
     def sliced(self, *names: str) -> list[torch.Tensor | None]:
         """The active slices of the named tensors (the originals at full size; cached when autograd is off)."""
-        if self.is_full():
+        dims, full = self._dim_state()
+        active = tuple(d.active for d in dims)
+        if active == full:
             return [getattr(self, n) for n in names]
         if torch.is_grad_enabled():
             return [self._slice(n) for n in names]
-        key = tuple(d.active for d in self.dims()) + tuple(
-            getattr(self, n)._version if getattr(self, n) is not None else -1 for n in names
-        ) + tuple(id(getattr(self, n)) for n in names)
-        if key != self._cache_key:
-            self._cache = {}
-            self._cache_key = key
+        # contiguous copies, made once per (active sizes, tensor identities and versions): an optimizer step,
+        # load_state_dict or a BN statistics update bumps the version and so invalidates them
+        tensors = [getattr(self, n) for n in names]
+        key = (active, tuple(None if t is None else (id(t), t._version) for t in tensors))
+        hit = self._cache.get(names)
+        if hit is not None and hit[0] == key:
+            return hit[1]
         out = []
-        for n in names:
-            if n not in self._cache:
-                t = self._slice(n)
-                self._cache[n] = None if t is None else t.contiguous()
-            out.append(self._cache[n])
+        for n, t in zip(names, tensors):
+            sl = None if t is None else self._slice(n)
+            out.append(None if sl is None else sl.contiguous())
+        self._cache[names] = (key, out)
         return out
 
     def _clear_cache(self) -> None:
@@ -114,7 +127,8 @@ class ElasticOp:
     def export_module(self) -> nn.Module:
         """A plain module of the original class with physically smaller tensors for the active sizes."""
         new = self._base_cls.__new__(self._base_cls)
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_slices", "_cache_key", "_cache", "_base_cls")}
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("_slices", "_cache_key", "_cache", "_base_cls", "_dims_memo")}
         state = copy.copy(state)
         for key in ("_parameters", "_buffers", "_modules"):
             state[key] = dict(state[key])

@@ -29,9 +29,12 @@ class ElasticBatchNorm2d(nn.BatchNorm2d, ElasticOp):
             self.num_batches_tracked.add_(1)
             momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch_stats = self.training or self.running_mean is None
-        weight, bias = self.sliced("weight", "bias")
-        # running stats are views, never cached: F.batch_norm updates them in place
-        rm, rv = self._slice("running_mean"), self._slice("running_var")
+        if self.training:
+            weight, bias = self.sliced("weight", "bias")
+            # running stats are views here, never cached copies: F.batch_norm updates them in place
+            rm, rv = self._slice("running_mean"), self._slice("running_var")
+        else:  # read-only: cached with the affine params under no_grad
+            weight, bias, rm, rv = self.sliced("weight", "bias", "running_mean", "running_var")
         x = F.batch_norm(
             x,
             rm if not self.training or self.track_running_stats else None,

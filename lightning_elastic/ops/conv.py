@@ -68,10 +68,7 @@ class ElasticConv2d(nn.Conv2d, ElasticOp):
                 new.register_parameter(f"kernel_transform_{ks}x{ks}", nn.Parameter(eye))
         return new
 
-    def is_full(self) -> bool:  # kernel size counts too
-        return ElasticOp.is_full(self) and (self.kernel_dim is None or self.kernel_dim.active == self.kernel_dim.full)
-
-    def dims(self):
+    def dims(self):  # kernel size counts too (so is_full and the inference cache see it)
         dims = ElasticOp.dims(self)
         return dims + ([self.kernel_dim] if self.kernel_dim is not None else [])
 

@@ -222,6 +222,21 @@ class SubnetMeasurer:
             return measure_latency(self.supernet.model, shape, self.latency_batch_size, self.latency_device,
                                    self.latency_min_run_time)
 
+    @contextmanager
+    def calibrated(self, cfg: Mapping[str, int]) -> Iterator[None]:
+        """Inside the block, subnet ``cfg`` is active with its recalibrated BN statistics (as measured)."""
+        calibration = [_to_device(b, self._device) for b in self._calibration]
+        model = self.supernet.model
+        res = resized_inputs(model, self.supernet.resolution(cfg)) if "resolution" in self.supernet.space else None
+        with self.supernet.subnet(cfg), (res or nullcontext()), recalibrated_bn(model, calibration, len(calibration),
+                                                                              default_forward):
+            yield
+
+    def save_subnet(self, cfg: Mapping[str, int], directory: Any) -> None:
+        """Export ``cfg`` with the BN statistics it was measured with (not the supernet's blended ones)."""
+        with self.calibrated(cfg):
+            self.supernet.save_subnet(directory, cfg)
+
     def _validation_trainer(self):
         if self._trainer is None:
             import lightning as L
@@ -234,13 +249,9 @@ class SubnetMeasurer:
     def validate(self, cfg: ArchConfig) -> dict[str, float]:
         """Run the user's validation loop on subnet ``cfg`` with BN recalibrated; return the requested metrics."""
         start = time.perf_counter()
-        model = self.supernet.model
         previous_trainer = getattr(self.pl_module, "_trainer", None)
-        calibration = [_to_device(b, self._device) for b in self._calibration]
-        res = resized_inputs(model, self.supernet.resolution(cfg)) if "resolution" in self.supernet.space else None
         try:
-            with self.supernet.subnet(cfg), (res or nullcontext()), recalibrated_bn(
-                    model, calibration, len(calibration), default_forward):
+            with self.calibrated(cfg):
                 results = self._validation_trainer().validate(self.pl_module, dataloaders=self.val_dataloaders,
                                                               verbose=False)
         finally:

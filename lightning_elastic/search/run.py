@@ -179,7 +179,7 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
                **loop.summary(), "measure_timings": {k: round(v, 4) for k, v in measurer.timings.items()},
                "wall_s": round(time.perf_counter() - start, 3)}
     exported = write_outputs(output_dir, space, settings.parsed, evals, front, summary,
-                             export=lambda cfg, d: supernet.save_subnet(d, cfg), export_top=settings.export_top)
+                             export=measurer.save_subnet, export_top=settings.export_top)
     if evals and not front:
         closest = min(evals, key=lambda e: e.violation)
         rank_zero_warn(

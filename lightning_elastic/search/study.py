@@ -84,8 +84,22 @@ def make_storage(storage: str | None) -> optuna.storages.BaseStorage | None:
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn
 
-        return optuna.storages.RDBStorage(storage, engine_kwargs={"creator": connect})
-    return optuna.storages.RDBStorage(storage)
+        return _retry(lambda: optuna.storages.RDBStorage(storage, engine_kwargs={"creator": connect}))
+    return _retry(lambda: optuna.storages.RDBStorage(storage))
+
+
+def _retry(fn, attempts: int = 8):
+    # workers starting together race on creating the schema / the study; the loser retries and loads
+    import random
+    import time
+
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - sqlalchemy / optuna raise several types for the same race
+            if i == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random() * 0.5)
 
 
 def open_study(storage: str | None, study_name: str, space: SearchSpace, objectives: Sequence[Objective],
@@ -96,9 +110,10 @@ def open_study(storage: str | None, study_name: str, space: SearchSpace, objecti
         SearchError: the stored study was made for another search space or other objectives.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=make_storage(storage), study_name=study_name, load_if_exists=True,
-                                directions=[o.optuna_direction for o in objectives],
-                                sampler=sampler or optuna.samplers.RandomSampler())
+    backend = make_storage(storage)
+    study = _retry(lambda: optuna.create_study(storage=backend, study_name=study_name, load_if_exists=True,
+                                               directions=[o.optuna_direction for o in objectives],
+                                               sampler=sampler or optuna.samplers.RandomSampler()))
     signature = space.signature()
     wanted = [str(o) for o in objectives]
     attrs = study.user_attrs

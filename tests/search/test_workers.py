@@ -14,14 +14,13 @@ WORKER = Path(__file__).with_name("_worker.py")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["linas", "random"])
-def test_two_workers_share_one_study_without_duplicates(tmp_path, strategy):
+def test_two_workers_share_one_study_without_duplicates(tmp_path, strategy="linas"):
     storage = f"sqlite:///{tmp_path}/shared.db"
     num_evals = 18
     procs = [subprocess.Popen([sys.executable, str(WORKER), storage, str(num_evals), strategy],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     per_worker = [int(out.split("evaluated ")[-1]) for out, _ in outs]
     study = optuna.load_study(study_name="shared", storage=storage)
