@@ -96,3 +96,52 @@ def apply_order(dim: ElasticDim, perms: list[torch.Tensor]) -> None:
 def reorder_dim(dim: ElasticDim, importance: ImportanceFn) -> None:
     """Sort every channel group of ``dim`` by descending importance and permute its tensors in place."""
     apply_order(dim, importance_order(dim, importance))
+
+
+class ActivationImportance:
+    """Calibration-based importance (Wanda-style): a channel's score is ``mean|x_j| * ||W[:, j]||`` summed over the
+    Linears that read it, with ``x`` recorded by forward pre-hooks on one calibration batch. Channel groups with no
+    reading Linear (and channels of other layer types) fall back to the L1 weight norm.
+
+    Args:
+        model: the model *before* conversion.
+        batch: one calibration batch (a dict is passed as keyword arguments, anything else positionally).
+        forward_fn: optional ``(model, batch) -> Any`` to run the model differently.
+
+    Example:
+        >>> imp = ActivationImportance(model, tokenizer(texts, return_tensors="pt"))  # doctest: +SKIP
+        >>> to_supernet(model, SearchSpaceConfig(importance=imp))  # doctest: +SKIP
+    """
+
+    def __init__(self, model: torch.nn.Module, batch, forward_fn: Callable | None = None) -> None:
+        self.stats: dict[int, torch.Tensor] = {}
+
+        def record(module, args):
+            x = args[0].detach().float().abs()
+            mean = x.reshape(-1, x.shape[-1]).mean(0)
+            self.stats[id(module)] = self.stats.get(id(module), 0) + mean
+
+        hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        try:
+            with torch.no_grad():
+                if forward_fn is not None:
+                    forward_fn(model, batch)
+                elif isinstance(batch, dict) or hasattr(batch, "keys"):
+                    model(**batch)
+                else:
+                    model(batch)
+        finally:
+            for h in hooks:
+                h.remove()
+        self.fallback = IMPORTANCE["l1"]
+
+    def __call__(self, group: ChannelGroup, n_units: int) -> torch.Tensor:
+        score = torch.zeros(n_units)
+        for ct in group.tensors:
+            act = self.stats.get(id(ct.module))
+            w = ct.tensor.detach().float()
+            if act is None or ct.axis % w.dim() != 1 or w.dim() != 2 or act.numel() != w.shape[1]:
+                continue
+            s = (act * w.norm(dim=0)).reshape(ct.segments, n_units, ct.unit).sum(dim=(0, 2))
+            score += s / (s.sum() + 1e-12)
+        return score if score.any() else self.fallback(group, n_units)

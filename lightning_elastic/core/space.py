@@ -139,6 +139,8 @@ class SearchSpace:
 
     def mutate(self, cfg: ArchConfig, prob: float, generator: torch.Generator) -> ArchConfig:
         """Resample each dim with probability ``prob``."""
+        if isinstance(prob, bool) or not isinstance(prob, int | float) or not 0.0 <= prob <= 1.0:
+            raise ConfigError(f"`prob` got {prob!r}; allowed: a number in [0, 1]. HINT: 0.1 to 0.3 is usual.")
         out = dict(cfg)
         for d in self:
             if torch.rand((1,), generator=generator).item() < prob:

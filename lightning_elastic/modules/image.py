@@ -85,3 +85,48 @@ class ImageClassifier(OptimizerMixin):
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, list | tuple) else batch
         return self(x).argmax(-1)
+
+
+class HFImageClassifier(OptimizerMixin):
+    """Image classification with a Hugging Face vision model (e.g. ``ViTForImageClassification``).
+
+    Args:
+        model_name_or_path: a local HF folder with pretrained weights (this machine is offline).
+        model_config: build a randomly initialised model from this config instead (``{model_type: vit, ...}``).
+        num_labels: classes.
+        lr / weight_decay / optimizer / scheduler / label_smoothing: as :class:`ImageClassifier`.
+    """
+
+    def __init__(self, model_name_or_path: str | None = None, model_config: dict[str, Any] | None = None,
+                 num_labels: int = 10, lr: float = 1e-4, weight_decay: float = 0.01, optimizer: str = "adamw",
+                 scheduler: str | None = "cosine", label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        from transformers import AutoModelForImageClassification
+
+        from lightning_elastic.modules.pretrained import resolve_pretrained
+        from lightning_elastic.modules.text import _from_config
+
+        self._check_optim_args(lr, optimizer, scheduler)
+        if (model_name_or_path is None) == (model_config is None):
+            raise ConfigError(
+                f"pass exactly one of `model_name_or_path` ({model_name_or_path!r}) and `model_config` "
+                f"({model_config!r}). HINT: model_config={{model_type: vit, image_size: 32, patch_size: 4, ...}}."
+            )
+        self.save_hyperparameters()
+        if model_config is not None:
+            self.model = _from_config(AutoModelForImageClassification, model_config, num_labels=num_labels)
+        else:
+            folder, _ = resolve_pretrained(model_name_or_path)
+            self.model = AutoModelForImageClassification.from_pretrained(folder, num_labels=num_labels,
+                                                                         ignore_mismatched_sizes=True)
+        metric = dict(task="multiclass", num_classes=num_labels)
+        self.val_acc = torchmetrics.Accuracy(**metric)
+        self.test_acc = torchmetrics.Accuracy(**metric)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+    training_step = ImageClassifier.training_step
+    validation_step = ImageClassifier.validation_step
+    test_step = ImageClassifier.test_step
+    predict_step = ImageClassifier.predict_step

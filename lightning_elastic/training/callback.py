@@ -16,7 +16,9 @@ instance attribute, removed at teardown; the class is untouched):
 Under DDP all subnet forwards happen inside one DDP forward, so only the last backward all-reduces; it reduces the
 whole ``.grad`` tensors, early subnets' gradients included (the standard gradient-accumulation pattern). Blocks
 skipped by the last subnet's elastic depth get a zero-valued term so every rank reduces every parameter and none
-waits forever. Switching the module to manual optimization (NNI's approach) was rejected: it would re-implement
+waits forever. What users see: ``on_before_backward``/``on_after_backward`` run once per subnet; values the ``training_step``
+logs are logged for every subnet (the step value is the last subnet's, epoch means average all subnets); the
+module's class is never modified. Switching the module to manual optimization (NNI's approach) was rejected: it would re-implement
 clipping, accumulation, AMP and scheduler stepping, and break user modules that rely on them.
 """
 

@@ -103,6 +103,9 @@ def test_mutate_extremes_and_encode_endpoints():
     g = torch.Generator().manual_seed(1)
     cfg = space.sample(g)
     assert space.mutate(cfg, 0.0, g) == cfg
+    for bad in (-0.1, 1.5, "x"):
+        with pytest.raises(ConfigError, match=r"`prob` got .*; allowed: a number in \[0, 1\].*HINT"):
+            space.mutate(cfg, bad, g)
     assert space.encode(space.min_config()) == [0.0, 0.0, 0.0]
     assert space.encode(space.max_config()) == [1.0, 1.0, 1.0]
 

@@ -65,3 +65,14 @@ def test_resolve_pretrained(tmp_path):
     assert resolve_pretrained(str(tmp_path)) == (str(tmp_path), None)
     with pytest.raises(ConfigError, match="`model_name_or_path` 'bert-base-uncased' is neither a local folder"):
         resolve_pretrained("bert-base-uncased")
+
+
+def test_hf_image_classifier():
+    from lightning_elastic.modules import HFImageClassifier
+
+    cfg = {"model_type": "vit", "image_size": 16, "patch_size": 4, "hidden_size": 32, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "intermediate_size": 64}
+    module = HFImageClassifier(model_config=cfg, num_labels=3)
+    assert module(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+    with pytest.raises(ConfigError, match="pass exactly one of `model_name_or_path`"):
+        HFImageClassifier()

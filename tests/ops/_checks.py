@@ -24,7 +24,7 @@ def assert_export_is_plain(exported: nn.Module, base: type, shapes: dict[str, tu
         t = getattr(exported, name)
         assert tuple(t.shape) == shape, name
         assert t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size(), name
-    assert not hasattr(exported, "_slices") and not hasattr(exported, "_cache")
+    assert not any(hasattr(exported, a) for a in ("_slices", "_cache", "_cache_key", "_dims_memo", "_base_cls"))
 
 
 def grad_mask_check(param: torch.Tensor, active: tuple[slice, ...]) -> None:

@@ -107,3 +107,21 @@ def test_without_running_stats():
     x = torch.randn(4, 3, 2, 2)
     op.eval()
     close(op(x), nn.functional.batch_norm(x, None, None, op.weight[:3], op.bias[:3], True, 0.0, op.eps))
+
+
+def test_eval_cache_follows_running_stats_updates():
+    op, bn, _, dim = make()
+    dim.active = 3
+    x = torch.randn(4, 3, 2, 2)
+    op.eval()
+    with torch.no_grad():
+        first = op(x)
+        assert op.sliced("running_mean")[0] is op.sliced("running_mean")[0]
+    op.train()
+    op(torch.randn(8, 3, 2, 2) + 3.0)  # moves the running statistics of the active prefix
+    op.eval()
+    small = fresh_small(bn, 3).eval()
+    with torch.no_grad():
+        again = op(x)
+        close(again, small(x))
+    assert not torch.allclose(again, first)
