@@ -157,12 +157,12 @@ class SearchLoop:
             while self._queue and config_key(self._queue[0]) in taken:
                 self._queue.pop(0)
             if not self._queue:
-                self._queue = self.propose(self._batch_size(len(taken)), taken)
+                self._queue = self.propose(self._batch_size(), taken)
             if self._queue:
                 return self._queue.pop(0)
         return self._random_config(taken)
 
-    def _batch_size(self, num_taken: int) -> int:
+    def _batch_size(self) -> int:
         return max(1, math.ceil((self.num_evals - self.initial) / max(1, self.rounds)))
 
     def _random_config(self, taken: set[str]) -> ArchConfig | None:

@@ -154,6 +154,7 @@ class ElasticTraining(Callback):
         self._module: L.LightningModule | None = None
         self._trainer: L.Trainer | None = None
         self._total_steps: float | None = None
+        self._converted_name: str | None = None
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _find_model(self, pl_module: L.LightningModule) -> nn.Module:
@@ -201,6 +202,7 @@ class ElasticTraining(Callback):
         configs = resolve_configs(self.supernet, self._validate_items)
         self._validator = SubnetValidator(self.supernet, configs, self.bn_calibration_batches,
                                           self.calibration_forward)
+        self._converted_name = next(n for n, m in pl_module.named_modules() if m is model)
         if self._tap is None:
             self._tap = ModelTap(self.supernet)
         self._trainer, self._module = trainer, pl_module
@@ -335,11 +337,13 @@ class ElasticTraining(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "sampler": self.sampler.state_dict(), "subnets_trained": self.subnets_trained,
                 "last_subnets": list(self.last_subnets),
-                "space": self.supernet.state_info() if self.supernet is not None else None}
+                # the format lightning_elastic.cli/search read to rebuild the supernet from a checkpoint
+                "supernet": self.supernet.state_info() if self.supernet is not None else None,
+                "model_attr": self._converted_name}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("space")
+        saved = state_dict.get("supernet")
         if saved is not None and self.supernet is not None and saved["signature"] != self.supernet.signature():
             raise ConfigError(
                 f"`space` differs from the checkpoint's: the checkpoint was trained with {saved['config']} "

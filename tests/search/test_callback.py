@@ -90,6 +90,11 @@ def test_unknown_metric_and_unsatisfiable_constraint(tmp_path, data):
     with pytest.raises(ConfigError, match=r"`constraints` \{'macs': 10.0\} cannot be met by any subnet: the smallest "
                                           r"subnet \(min config\) has macs=.*HINT: raise the bound"):
         run_search(model, constraints={"macs": 10}, output_dir=tmp_path / "b", **kwargs)
+    # a metric bound is only known after measuring: the search says so and names the closest subnet
+    with pytest.warns(UserWarning, match=r"no evaluated subnet satisfies `constraints` \{'val_acc': 1.5\}; the "
+                                         r"closest is trial \d+ with .*HINT: relax the bounds"):
+        result = run_search(model, constraints={"val_acc": 1.5}, num_evals=2, output_dir=tmp_path / "d", **kwargs)
+    assert result.pareto == [] and result.summary["num_feasible"] == 0
     with pytest.raises(ConfigError, match=r"`pl_module` \(DigitsClassifier\) holds no supernet"):
         run_search(DigitsClassifier(), output_dir=tmp_path / "c", **kwargs)
 

@@ -176,12 +176,18 @@ def test_validate_and_resume_from_checkpoint_in_new_process_state(tmp_path):
     ckpt = tr.checkpoint_callback.best_model_path
     state = torch.load(ckpt, weights_only=False)["callbacks"]
     (saved,) = [v for k, v in state.items() if k.startswith("ElasticTraining")]
-    assert saved["subnets_trained"] == 8 and saved["space"]["adapter"] == "timm-resnet"
+    assert saved["subnets_trained"] == 8 and saved["supernet"]["adapter"] == "timm-resnet"
+    assert saved["model_attr"] == "model"
     # a fresh (unconverted) module validates the checkpoint: conversion happens in setup("validate")
     fresh = LitClassifier(tiny_resnet(seed=5))
     out = trainer(callbacks=[ElasticTraining(space, bn_calibration_batches=1)]).validate(
         fresh, loader(8), ckpt_path=ckpt, verbose=False)
     assert "val_acc/min" in out[0]
+    # the search / CLI side rebuilds the supernet from this state
+    from lightning_elastic.search.checkpoint import prepare_module
+
+    rebuilt = prepare_module(LitClassifier(tiny_resnet(seed=6)), ckpt)
+    assert rebuilt.signature() == saved["supernet"]["signature"]
     # resuming with a different space is refused
     other = trainer(callbacks=[ElasticTraining(SearchSpaceConfig(width=(0.25, 1.0)))], max_steps=4)
     with pytest.raises(ConfigError, match=r"`space` differs from the checkpoint's.*HINT"):
@@ -259,3 +265,14 @@ def test_manual_optimization_is_refused_clearly():
 
     with pytest.raises(ConfigError, match=r"`Manual.automatic_optimization` is False; .*automatic optimization only"):
         trainer(callbacks=[ElasticTraining()], max_steps=1).fit(Manual(), loader(8))
+
+
+def test_progressive_and_delayed_samplers_through_the_trainer():
+    cb = ElasticTraining(SearchSpaceConfig(width=(0.5, 1.0)), sampler="progressive", num_random=1,
+                         phases=[(0, {}), (1, {"width": None})], validate_subnets=None)
+    trainer(callbacks=[cb], max_epochs=2).fit(LitClassifier(), loader(16))
+    assert cb.subnets_trained == 2 * 1 + 2 * 2  # epoch 0: max only; epoch 1: max + 1 random
+    cb = ElasticTraining(SearchSpaceConfig(width=(0.5, 1.0)), sampler="delayed", num_random=0, shrink_start=0.5,
+                         validate_subnets=None)
+    trainer(callbacks=[cb], max_epochs=2).fit(LitClassifier(), loader(16))
+    assert cb.subnets_trained == 2 * 1 + 2 * 2  # first half: max only; then max + min

@@ -102,3 +102,21 @@ def test_unsupported_hf_model_lists_model_types():
     model = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=100))
     with pytest.raises(UnsupportedModelError, match=r"(?s)model_type 'gpt2'.*llama, mistral, qwen2.*HINT.*register_adapter"):
         to_supernet(model)
+
+
+def test_activation_importance_orders_mlp_by_calibration_activations():
+    from lightning_elastic.core.importance import ActivationImportance
+
+    model = _decoder("LlamaForCausalLM", "LlamaConfig")().eval()
+    x = token_input()
+    seen = {}
+    down = model.model.layers[0].mlp.down_proj
+    hook = down.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].detach().abs().mean(dim=(0, 1))))
+    with torch.no_grad():
+        ref = model(**x).logits
+    hook.remove()
+    expected = torch.argsort(seen["x"] * down.weight.detach().norm(dim=0), descending=True, stable=True)
+    net = to_supernet(model, SearchSpaceConfig(depth=None, importance=ActivationImportance(model, x)))
+    assert torch.equal(net.space["layers.0.mlp.hidden"].importance[0], expected)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x).logits, ref, atol=1e-5, rtol=1e-5)  # still function-preserving
