@@ -7,13 +7,14 @@ the supernet's own statistics are restored afterwards, untouched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_elastic.core.errors import ConfigError
 
@@ -31,6 +32,25 @@ def default_forward(model: nn.Module, batch: Any) -> Any:
         f"cannot feed a batch of type {type(batch).__name__} to the model; allowed: a Tensor, a tuple/list whose "
         "first element is the input, or a dict of keyword inputs. HINT: pass `forward_fn=` (model, batch) -> output."
     )
+
+
+def calibration_loader(loader: Iterable[Any], seed: int = 0) -> Iterable[Any]:
+    """A separate, reproducibly shuffled loader over ``loader``'s dataset, for BN calibration during training.
+
+    Why not iterate the training loader itself: validation can run while its iterator is live (``val_check_interval``
+    < 1), and a second ``iter()`` resets a ``persistent_workers`` iterator or overwrites a stateful (resumable)
+    loader's position, so the training epoch would skip or repeat batches. Like OFA's calibration subset, the
+    batches are a fixed random draw (``seed``): every subnet is calibrated on the same images, which a class-sorted
+    dataset's first batches would not give. Loaders that cannot be rebuilt (custom batch samplers, iterable datasets,
+    plain iterables) are returned as they are.
+    """
+    if not isinstance(loader, DataLoader) or loader.batch_size is None or isinstance(loader.dataset, IterableDataset) \
+            or not isinstance(loader.dataset, Sized):
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed), collate_fn=loader.collate_fn,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+                      worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context)
 
 
 def batchnorm_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

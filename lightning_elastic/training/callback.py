@@ -14,12 +14,19 @@ instance attribute, removed at teardown; the class is untouched):
    optimizer and scheduler steps as usual.
 
 Under DDP all subnet forwards happen inside one DDP forward, so only the last backward all-reduces; it reduces the
-whole ``.grad`` tensors, early subnets' gradients included (the standard gradient-accumulation pattern). Blocks
-skipped by the last subnet's elastic depth get a zero-valued term so every rank reduces every parameter and none
-waits forever. What users see: ``on_before_backward``/``on_after_backward`` run once per subnet; values the ``training_step``
-logs are logged for every subnet (the step value is the last subnet's, epoch means average all subnets); the
-module's class is never modified. Switching the module to manual optimization (NNI's approach) was rejected: it would re-implement
-clipping, accumulation, AMP and scheduler stepping, and break user modules that rely on them.
+whole ``.grad`` tensors, early subnets' gradients included (the standard gradient-accumulation pattern). Parameters
+the last subnet skips (blocks cut by elastic depth, unused kernel transforms; read off its autograd graph) get a
+zero-valued term so every rank reduces every parameter and none waits forever.
+
+What users see: ``on_before_backward``/``on_after_backward`` run once per subnet; values the ``training_step`` logs
+are logged for every subnet (the step value is the last subnet's, epoch means average all subnets); the module's
+class is never modified.
+
+Manual optimization (``automatic_optimization = False``) is refused in ``setup`` with a clear error: there the user's
+``training_step`` owns backward and ``optimizer.step()``, so the callback cannot insert the other subnets' passes.
+Switching modules to manual optimization ourselves (NNI's approach) was rejected: it would re-implement clipping,
+accumulation, AMP and scheduler stepping, and break user modules that rely on them. Users who want their own loop
+select subnets themselves with ``get_supernet(model).subnet(cfg)`` and a :class:`Sampler`.
 """
 
 from __future__ import annotations
@@ -39,7 +46,6 @@ from lightning_elastic.adapters.base import Adapter
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.errors import ConfigError, UnsupportedModelError
 from lightning_elastic.core.registry import find_adapter, get_adapter
-from lightning_elastic.ops.depth import ElasticModuleList, ElasticSequential
 from lightning_elastic.supernet.supernet import Supernet, find_supernet, get_supernet, to_supernet
 from lightning_elastic.training.distill import DistillLoss, logits_of, resolve_distill
 from lightning_elastic.training.samplers import (
@@ -81,7 +87,8 @@ class ElasticTraining(Callback):
             distilled too.
         validate_subnets: subnets validated each epoch, logged as ``<key>/<tag>``: ``('max', 'min')``, configs, or
             ``{tag: 'max' | 'min' | config}``. The first is also logged under the plain keys.
-        bn_calibration_batches: train batches used to recalibrate BatchNorm per validated subnet (0: off).
+        bn_calibration_batches: batches used to recalibrate BatchNorm per validated subnet (0: off), drawn from the
+            train set by a separate loader with a fixed shuffle (see :func:`calibration_loader`).
         calibration_forward: ``(model, batch) -> output`` for calibration; default: first element / dict inputs.
         seed: sampling seed; subnets are a pure function of ``(seed, global_step)``.
         phases: progressive-shrinking phases (``sampler='progressive'``), see :class:`ProgressiveShrinkingSampler`.
@@ -197,7 +204,13 @@ class ElasticTraining(Callback):
                 "optimization, or drive subnets yourself with `get_supernet(model).subnet(cfg)` in your loop.")
         model = self._find_model(pl_module)
         existing = get_supernet(model)
-        self.supernet = existing if existing is not None and self.space is None else to_supernet(
+        if existing is not None and self.space is not None and existing.config.to_dict() != self.space.to_dict():
+            raise ConfigError(
+                f"`space` got {self.space.to_dict()}, but {type(model).__name__} is already a supernet built with "
+                f"{existing.config.to_dict()}; a converted model's space cannot change. HINT: pass space=None to "
+                "train the existing supernet, or convert a fresh model.")
+        # idempotent: a second fit/validate (or a module converted by the user) reuses the existing supernet
+        self.supernet = existing if existing is not None else to_supernet(
             model, self.space or SearchSpaceConfig(), adapter=self.adapter)
         configs = resolve_configs(self.supernet, self._validate_items)
         self._validator = SubnetValidator(self.supernet, configs, self.bn_calibration_batches,
@@ -268,15 +281,28 @@ class ElasticTraining(Callback):
             return logits_of(self._tap.output).detach()
         return None
 
-    def _unused_depth_params(self) -> list[nn.Parameter]:
-        params = []
-        for m in self.supernet.model.modules():
-            if isinstance(m, ElasticSequential | ElasticModuleList):
-                active = set(m.active_indices())
-                for i, block in enumerate(m.all_modules()):
-                    if i not in active:
-                        params += [p for p in block.parameters() if p.requires_grad]
-        return params
+    @staticmethod
+    def params_outside_graph(loss: torch.Tensor, params: Sequence[nn.Parameter]) -> list[nn.Parameter]:
+        """The trainable ``params`` that ``loss``'s backward would not reach.
+
+        Under DDP (without ``find_unused_parameters``) every rank must produce a gradient for every parameter in
+        the last backward, or the reducer waits forever / fails on the next step. Which parameters the last subnet
+        skips depends on every elastic dim (blocks cut by depth, OFA kernel-transform matrices unused at the full
+        kernel, …), so they are read off the autograd graph itself rather than guessed per dim kind.
+        """
+        reached: set[int] = set()
+        seen: set[int] = set()
+        stack = [loss.grad_fn] if loss.grad_fn is not None else []
+        while stack:
+            fn = stack.pop()
+            if id(fn) in seen:
+                continue
+            seen.add(id(fn))
+            variable = getattr(fn, "variable", None)  # AccumulateGrad nodes hold the leaf they write to
+            if variable is not None:
+                reached.add(id(variable))
+            stack.extend(f for f, _ in fn.next_functions if f is not None)
+        return [p for p in params if p.requires_grad and id(p) not in reached]
 
     def _elastic_step(self, step_fn: Callable, zero_grad_fn: Callable, batch: Any, batch_idx: int, *args: Any,
                       **kwargs: Any) -> Any:
@@ -307,8 +333,9 @@ class ElasticTraining(Callback):
                 self.subnets_trained += 1
                 if i == len(subnets) - 1:
                     if trainer.world_size > 1:
-                        # every rank must reduce every parameter: give skipped blocks a zero-valued term
-                        loss = loss + sum((p.sum() * 0 for p in self._unused_depth_params()), loss.new_zeros(()))
+                        # every rank must reduce every parameter: a zero-valued term for those this subnet skips
+                        skipped = self.params_outside_graph(loss, list(self._module.parameters()))
+                        loss = loss + sum((p.sum() * 0 for p in skipped), loss.new_zeros(()))
                     self.last_subnets = [t for t, _ in subnets]
                     return {**output, "loss": loss} if isinstance(output, Mapping) else loss
                 # free this subnet's graph now: backward before the next subnet's forward

@@ -27,7 +27,7 @@ from torchmetrics import Metric
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.core.space import ArchConfig
 from lightning_elastic.supernet.supernet import Supernet
-from lightning_elastic.training.calibration import default_forward, recalibrated_bn
+from lightning_elastic.training.calibration import calibration_loader, default_forward, recalibrated_bn
 
 SubnetSpec = str | Mapping[str, int]
 
@@ -129,7 +129,7 @@ class SubnetValidator:
             loader = loader[0] if loader else None
         if isinstance(loader, Mapping):
             loader = next(iter(loader.values()), None)
-        return loader
+        return None if loader is None else calibration_loader(loader)
 
     def _calibrate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ExitStack:
         stack = ExitStack()
