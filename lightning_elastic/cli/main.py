@@ -94,13 +94,31 @@ class ElasticCLI(LightningCLI):
         return commands
 
 
+def _elastic_cause(err: BaseException) -> ElasticError | None:
+    """The ElasticError behind ``err``: jsonargparse wraps errors raised while instantiating recipe classes."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ElasticError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lightning-elastic`` console script."""
+    """Entry point of the ``lightning-elastic`` console script.
+
+    A user error (an :class:`ElasticError`: bad argument, unknown model, missing file, a checkpoint without
+    supernet state) prints one line to stderr and exits with status 2, like LightningCLI's own parse errors.
+    """
     try:
         ElasticCLI(trainer_class=ElasticTrainer, subclass_mode_model=True, subclass_mode_data=True,
                    save_config_kwargs={"overwrite": True}, args=args)
-    except ElasticError as err:
-        print(f"lightning-elastic: error: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = _elastic_cause(err)
+        if cause is None:
+            raise
+        print(f"lightning-elastic: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -37,7 +37,9 @@ class ImageClassifier(OptimizerMixin):
 
         self._check_optim_args(lr, optimizer, scheduler)
         if not timm.is_model(model_name):
-            close = timm.list_models(f"*{model_name.split('_')[0]}*")[:8]
+            import difflib
+
+            close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
             raise ConfigError(
                 f"`model_name` {model_name!r} is not a timm model. HINT: similar names: {close or 'none'}; "
                 "see timm.list_models()."
