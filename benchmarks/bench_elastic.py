@@ -9,7 +9,8 @@
 Every ratio row is a pair of callables timed alternately (A B B A …) so drift on a shared machine hits both; each
 table also carries an A/A row (the baseline against a copy of itself), whose spread is the noise floor.
 
-Run:  .venv/bin/python benchmarks/bench_elastic.py --threads 1 [--quick] [--families resnet,mobilenetv3,vit]
+Run:  .venv/bin/python benchmarks/bench_elastic.py --threads 1 [--quick] [--families resnet,mobilenetv3,vit] [--out r.json]
+Tables: .venv/bin/python benchmarks/bench_elastic.py --markdown r.json
 """
 
 from __future__ import annotations
@@ -154,18 +155,21 @@ def bench_timm_twins(args, rows: list[dict]) -> None:
     res = args.resolution
     cases = [
         # resnet18: depth only (timm's BasicBlock has no width argument)
-        ("resnet18", 1.0, {"layers": [1, 1, 1, 1]}),
+        ("resnet18", {}, {".width": 1.0}, {"layers": [1, 1, 1, 1]}),
         # resnet26: min depth and every Bottleneck at half width (timm: base_width=32)
-        ("resnet26", 0.5, {"layers": [1, 1, 1, 1], "base_width": 32}),
+        ("resnet26", {}, {".width": 0.5}, {"layers": [1, 1, 1, 1], "base_width": 32}),
+        # vit-tiny: min depth, every MLP at its min hidden (ratio 3), all heads (timm ties head_dim to num_heads)
+        ("vit_tiny_patch16_224", {"img_size": 64}, {".heads": 1.0}, {"img_size": 64, "depth": 10, "mlp_ratio": 3.0}),
     ]
-    for name, width, twin_kwargs in cases:
+    for name, kwargs, fractions, twin_kwargs in cases:
         torch.manual_seed(0)
-        model = timm.create_model(name, pretrained=False, num_classes=10)
+        model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
         net = to_supernet(model)
         cfg = net.min_config()
         for key in net.space.names():
-            if key.endswith(".width"):
-                cfg[key] = round(net.space[key].full * width)
+            for suffix, fraction in fractions.items():
+                if key.endswith(suffix):
+                    cfg[key] = round(net.space[key].full * fraction)
         exported = net.export(cfg).eval()
         twin = timm.create_model(name, pretrained=False, num_classes=10, **twin_kwargs).eval()
         assert [t.shape for t in exported.state_dict().values()] == [t.shape for t in twin.state_dict().values()]
@@ -182,6 +186,26 @@ def bench_timm_twins(args, rows: list[dict]) -> None:
             a_ms=ta * 1e3, b_ms=tb * 1e3, ratio=r)
 
 
+def markdown(rows: list[dict]) -> str:
+    """The rows as markdown tables (one per table letter), for benchmarks/elastic.md."""
+    out = []
+    for table, title in (("a", "(a) train step"), ("b", "(b) elastic-mode inference ÷ exported subnet"),
+                         ("c", "(c) exported ÷ timm-built twin"), ("d", "(d) exported min subnet: speed-up vs MACs")):
+        picked = [r for r in rows if r.get("table") == table]
+        if not picked:
+            continue
+        out.append(f"\n{title}\n")
+        if table == "d":
+            out.append("| model | batch | full ms | min ms | speed-up | MAC reduction |\n|---|---|---|---|---|---|")
+            out += [f"| {r['model']} | {r['batch']} | {r['full_ms']:.2f} | {r['min_ms']:.2f} | {r['speedup']:.2f}x | "
+                    f"{r['mac_reduction']:.2f}x |" for r in picked]
+        else:
+            out.append("| model | batch | comparison | A ms | B ms | ratio A/B |\n|---|---|---|---|---|---|")
+            out += [f"| {r['model']} | {r.get('batch', '')} | {r['what']} | {r['a_ms']:.2f} | {r['b_ms']:.2f} | "
+                    f"{r['ratio']:.3f} |" for r in picked]
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -195,7 +219,12 @@ def main() -> None:
     parser.add_argument("--skip-twins", action="store_true")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     parser.add_argument("--wall", action="store_true", help="wall-clock instead of process CPU time")
+    parser.add_argument("--markdown", default=None, help="print the tables of a JSON written by --out, then exit")
     args = parser.parse_args()
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown(json.load(f)))
+        return
     if args.quick:
         args.repeats, args.train_iters, args.infer_iters = 3, 1, 4
     torch.set_num_threads(args.threads)
@@ -205,7 +234,7 @@ def main() -> None:
     print(json.dumps({"torch": torch.__version__, "timm": timm.__version__, "threads": args.threads,
                       "cpu": platform.processor() or platform.machine(), "repeats": args.repeats,
                       "clock": CLOCK.__name__}), flush=True)
-    for family in args.families.split(","):
+    for family in [f for f in args.families.split(",") if f.strip()]:  # --families "" runs the twins only
         try:
             bench_family(family.strip(), args, rows)
         except Exception as err:  # report and go on with the other families

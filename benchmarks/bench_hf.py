@@ -1,9 +1,10 @@
 """HF figures: SmolLM2-135M conversion time, and CPU tokens/s of an exported homogeneous ~0.7x-params subnet.
 
 Usage:
-    .venv/bin/python benchmarks/bench_hf.py [--threads 2] [--new-tokens 32] [--repeats 3] [--target 0.7]
+    .venv/bin/python benchmarks/bench_hf.py [--threads 1] [--new-tokens 32] [--repeats 5] [--target 0.7]
 
-Ratios are measured in the same run (full model vs export, same prompt, same threads), so they survive a busy box.
+Ratios are measured in the same run (full model vs export, same prompt, same threads, timed alternately), so they
+survive a busy box; absolute tokens/s do not.
 """
 
 from __future__ import annotations
@@ -57,34 +58,44 @@ def homogeneous_config(net, config, target: float) -> tuple[dict[str, int], floa
     return best
 
 
-def tokens_per_second(model, prompt: torch.Tensor, new_tokens: int, repeats: int) -> float:
-    times = []
+def paired_seconds(run_full, run_sub, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median seconds (wall-clock and this thread's CPU time) of two workloads timed alternately after a warm-up.
+
+    Alternating (full, subnet, full, …) keeps both sides under the same background load on a shared box. With one
+    intra-op thread all compute runs on the calling thread, so ``time.thread_time`` leaves out the time the OS gave
+    to other processes: the CPU-time ratio is the steadier figure there.
+    """
+    wall: dict[int, list[float]] = {0: [], 1: []}
+    cpu: dict[int, list[float]] = {0: [], 1: []}
     with torch.inference_mode():
-        model.generate(prompt, max_new_tokens=2, do_sample=False)  # warm-up
+        run_full(), run_sub()
         for _ in range(repeats):
-            start = time.perf_counter()
-            out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-            times.append(time.perf_counter() - start)
-    assert out.shape[1] == prompt.shape[1] + new_tokens
-    return new_tokens * prompt.shape[0] / statistics.median(times)
+            for side, fn in enumerate((run_full, run_sub)):
+                start, start_cpu = time.perf_counter(), time.thread_time()
+                fn()
+                wall[side].append(time.perf_counter() - start)
+                cpu[side].append(time.thread_time() - start_cpu)
+    return {"wall": (statistics.median(wall[0]), statistics.median(wall[1])),
+            "cpu": (statistics.median(cpu[0]), statistics.median(cpu[1]))}
 
 
-def prefill_tokens_per_second(model, batch: torch.Tensor, repeats: int) -> float:
-    times = []
-    with torch.inference_mode():
-        model(batch)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(batch)
-            times.append(time.perf_counter() - start)
-    return batch.numel() / statistics.median(times)
+def decode(model, prompt: torch.Tensor, new_tokens: int):
+    def run() -> None:
+        out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        assert out.shape[1] == prompt.shape[1] + new_tokens
+    return run
+
+
+def prefill(model, batch: torch.Tensor):
+    return lambda: model(batch)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest on a busy 2-core box: spinning threads get preempted)")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--convert-repeats", type=int, default=3)
     parser.add_argument("--target", type=float, default=0.7)
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -111,10 +122,10 @@ def main() -> None:
     del fresh
     prompt = torch.tensor([[1, 504, 3458, 282, 4911, 314, 253, 1345, 30, 378, 2536, 314, 260, 3145, 282, 216]])
     batch = torch.randint(0, model.config.vocab_size, (4, 128), generator=torch.Generator().manual_seed(0))
-    tps_full = tokens_per_second(model, prompt, args.new_tokens, args.repeats)
-    tps_sub = tokens_per_second(sub, prompt, args.new_tokens, args.repeats)
-    pre_full = prefill_tokens_per_second(model, batch, args.repeats)
-    pre_sub = prefill_tokens_per_second(sub, batch, args.repeats)
+    dec = paired_seconds(decode(model, prompt, args.new_tokens), decode(sub, prompt, args.new_tokens), args.repeats)
+    pre = paired_seconds(prefill(model, batch), prefill(sub, batch), args.repeats)
+    tps_full, tps_sub = (args.new_tokens / t for t in dec["wall"])
+    pre_full, pre_sub = (batch.numel() / t for t in pre["wall"])
     figures = {
         "threads": args.threads, "load_s": round(load_s, 1),
         "convert_s_median": round(statistics.median(convert), 2), "convert_s_all": [round(c, 2) for c in convert],
@@ -126,6 +137,10 @@ def main() -> None:
         "decode_speedup": round(tps_sub / tps_full, 2),
         "prefill_tokens_per_s_full": round(pre_full, 1), "prefill_tokens_per_s_subnet": round(pre_sub, 1),
         "prefill_speedup": round(pre_sub / pre_full, 2),
+        "decode_cpu_s_full_subnet": [round(t, 3) for t in dec["cpu"]],
+        "decode_speedup_cpu_time": round(dec["cpu"][0] / dec["cpu"][1], 2),
+        "prefill_cpu_s_full_subnet": [round(t, 3) for t in pre["cpu"]],
+        "prefill_speedup_cpu_time": round(pre["cpu"][0] / pre["cpu"][1], 2),
     }
     print(json.dumps(figures, indent=2))
     if args.out:

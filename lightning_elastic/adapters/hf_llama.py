@@ -1,7 +1,8 @@
-"""Hugging Face Llama-family decoders (Llama, Mistral, Qwen2, Qwen3 …; ``*ForCausalLM`` and base models).
+"""Hugging Face Llama-family decoders (Llama, Mistral, Qwen2, Qwen3, Phi-3 …; ``*ForCausalLM`` and base models).
 
 Matched by structure: a base model with ``embed_tokens``, a ``layers`` ModuleList and a final ``norm``, each layer with
-``self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj`` and ``input_layernorm``/``post_attention_layernorm``.
+``self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj`` and ``input_layernorm``/``post_attention_layernorm``; or the
+fused Phi-3 layout ``self_attn.qkv_proj`` / ``mlp.gate_up_proj``.
 
 Dimensions (see :mod:`lightning_elastic.adapters._hf`): ``layers.depth``, ``layers.{i}.attn.heads``,
 ``layers.{i}.mlp.hidden`` and, with ``embed_dim`` set, ``hidden``.
@@ -10,15 +11,23 @@ Grouped-query attention: all KV heads are kept and every KV group loses the same
 count must be a multiple of ``num_key_value_heads`` (``num_key_value_groups`` follows on every ``select``);
 ``head_dim`` is never sliced because RoPE rotates inside it. Without GQA (``num_key_value_heads == num_heads``)
 whole heads (q, k, v) are dropped. Depth keeps layer 0 first: the KV cache reads its length from layer 0.
+
+Fused Phi-3 layout: ``gate_up_proj`` is sliced as two segments (gate half, up half) and, without GQA, ``qkv_proj`` as
+three (q, k, v), so a LoRA ``lora_B`` on them is sliced the same way. Phi-3's attention reads the query width from
+``self.config.num_attention_heads``, a config shared by all layers: on the first ``select`` each attention gets its
+own shallow copy of the config (heads can differ per layer); a homogeneous export shares the model's config again.
+With GQA the k/v parts of ``qkv_proj`` are smaller than q, so there its heads stay at full size.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
 
 from lightning_elastic.adapters._hf import (
+    OWN_CONFIG,
     AttnLayout,
     HFTransformerAdapter,
     LayerLayout,
@@ -33,6 +42,17 @@ from lightning_elastic.core.registry import register_adapter
 
 _LAYER = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
           "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm")
+_FUSED = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj", "input_layernorm",
+          "post_attention_layernorm")
+
+
+def _has(layer: nn.Module, paths: tuple[str, ...]) -> bool:
+    try:
+        for path in paths:
+            layer.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def llama_layout(model: nn.Module) -> Layout | None:
@@ -42,26 +62,15 @@ def llama_layout(model: nn.Module) -> Layout | None:
     if not (isinstance(getattr(base, "embed_tokens", None), nn.Embedding) and isinstance(layers, nn.ModuleList)
             and hasattr(base, "norm") and len(layers) > 0):
         return None
-    for layer in layers:
-        try:
-            for path in _LAYER:
-                layer.get_submodule(path)
-        except AttributeError:
-            return None
+    if all(_has(layer, _LAYER) for layer in layers):
+        fused = False
+    elif all(_has(layer, _FUSED) for layer in layers):
+        fused = True
+    else:
+        return None
     prefix = find_module(model, base)
     p = f"{prefix}." if prefix else ""
-    layer_list = []
-    for i, layer in enumerate(layers):
-        attn = layer.self_attn
-        head_dim = int(attn.head_dim)
-        num_heads = base_linear(attn, "q_proj").out_features // head_dim
-        num_kv = base_linear(attn, "k_proj").out_features // head_dim
-        lp = f"{p}layers.{i}"
-        layer_list.append(LayerLayout(
-            AttnLayout(f"{lp}.self_attn", *(f"{lp}.self_attn.{x}_proj" for x in "qkvo"), head_dim, num_heads, num_kv,
-                       _set_heads),
-            [f"{lp}.mlp.gate_proj", f"{lp}.mlp.up_proj"], f"{lp}.mlp.down_proj",
-            [f"{lp}.input_layernorm", f"{lp}.post_attention_layernorm"]))
+    layer_list = [_layer_layout(layer, f"{p}layers.{i}", fused) for i, layer in enumerate(layers)]
     hidden = base.embed_tokens.embedding_dim
     reads, writes, head_norms = head_parts(model, prefix or "", hidden)
     model_type = getattr(model.config, "model_type", "")
@@ -69,6 +78,34 @@ def llama_layout(model: nn.Module) -> Layout | None:
     blockers = [model_type] if model_type.startswith("gemma") else []
     return Layout("llama", f"{p}layers", layer_list, hidden, [f"{p}embed_tokens"], [f"{p}norm", *head_norms],
                   reads, writes, blockers, causal=True, bare=not prefix)
+
+
+def _layer_layout(layer: nn.Module, lp: str, fused: bool) -> LayerLayout:
+    attn = layer.self_attn
+    head_dim = int(attn.head_dim)
+    num_heads = base_linear(attn, "o_proj").in_features // head_dim
+    norms = [f"{lp}.input_layernorm", f"{lp}.post_attention_layernorm"]
+    if fused:
+        num_kv = (base_linear(attn, "qkv_proj").out_features // head_dim - num_heads) // 2
+        qkv = f"{lp}.self_attn.qkv_proj"
+        return LayerLayout(AttnLayout(f"{lp}.self_attn", qkv, qkv, qkv, f"{lp}.self_attn.o_proj", head_dim, num_heads,
+                                      num_kv, _set_fused_heads),
+                           [f"{lp}.mlp.gate_up_proj"], f"{lp}.mlp.down_proj", norms, mlp_segments=2)
+    num_kv = base_linear(attn, "k_proj").out_features // head_dim
+    return LayerLayout(
+        AttnLayout(f"{lp}.self_attn", *(f"{lp}.self_attn.{x}_proj" for x in "qkvo"), head_dim, num_heads, num_kv,
+                   _set_heads),
+        [f"{lp}.mlp.gate_proj", f"{lp}.mlp.up_proj"], f"{lp}.mlp.down_proj", norms)
+
+
+def _set_fused_heads(attn: nn.Module, total: int) -> None:
+    """Phi-3 (no GQA): q, k and v lose the same heads; the query width is read from ``self.config``."""
+    if not attn.__dict__.get(OWN_CONFIG, False):
+        attn.config = copy.copy(attn.config)  # per-layer heads: the model's config is shared by every layer
+        attn.__dict__[OWN_CONFIG] = True
+    attn.config.num_attention_heads = total
+    attn.num_key_value_heads = total
+    attn.num_key_value_groups = 1
 
 
 def _set_heads(attn: nn.Module, total: int) -> None:
@@ -85,7 +122,8 @@ class HFLlamaAdapter(HFTransformerAdapter, Adapter):
 
     name = "hf-llama"
     supported = ("transformers decoders with layers[*].self_attn.{q,k,v,o}_proj + mlp.{gate,up,down}_proj "
-                 "(model_type llama, mistral, qwen2, qwen3, …): depth, GQA-aware query heads, MLP, hidden")
+                 "(model_type llama, mistral, qwen2, qwen3, …) or the fused qkv_proj / gate_up_proj layout (phi3): depth, "
+                 "GQA-aware query heads, MLP, hidden")
     family = "llama"
     depth_auto = (0.75, 1.0)
 

@@ -3,17 +3,20 @@
 ``to_supernet(peft_model)`` keeps peft untouched: inside each ``lora.Linear`` the inner ``lora_A[name]`` /
 ``lora_B[name]`` Linears (and, for base dims, ``base_layer``) are swapped for ``ElasticLinear`` under the same names.
 Base-model dims (depth, heads, MLP, hidden) come from the BERT / Llama / ViT adapters' layouts, so a narrowed base
-Linear and its adapter (``lora_A`` input, ``lora_B`` output) are always sliced together. The base stays frozen: the
-Parameters and their ``requires_grad`` are peft's own.
+Linear and its adapter (``lora_A`` input, ``lora_B`` output) are always sliced together, segment by segment for a fused
+``qkv_proj`` / ``gate_up_proj``. The base stays frozen: the Parameters and their ``requires_grad`` are peft's own.
 
 Dimensions: the base family's dims plus ``{module}.rank`` per adapted module (``{module}.rank.{adapter}`` when the
 model holds several adapters); ``module`` is the name inside the transformers model, as in peft's ``rank_pattern``.
 Rank choices are absolute (``SearchSpaceConfig(rank=[32, 24, 16])``) or ratios of each module's ``r``.
 
 Scaling: the LoRA scaling stays ``alpha / r_max`` (``alpha / sqrt(r_max)`` with rslora) for every rank, so a smaller
-rank is a plain truncation of the trained adapter (what LoNAS trains). On export ``alpha_pattern`` is written so that
-peft recomputes exactly this scaling for the smaller rank: ``alpha' = alpha * r / r_max`` (rslora:
-``alpha * sqrt(r / r_max)``).
+rank is a plain truncation of the trained adapter (what LoNAS trains), and a subnet's output never jumps when its rank
+changes. (Rescaling to ``alpha / r`` per active rank would multiply the truncated update by ``r_max / r``, and rslora's
+``alpha / sqrt(r)`` by ``sqrt(r_max / r)``: every rank would then need its own adapter scale during training.) On
+export ``alpha_pattern`` is written so that peft recomputes exactly this scaling for the smaller rank:
+``alpha' = alpha * r / r_max``, so ``alpha' / r == alpha / r_max`` (rslora: ``alpha' = alpha * sqrt(r / r_max)``, so
+``alpha' / sqrt(r) == alpha / sqrt(r_max)``).
 
 Export (``save_subnet``): the folder holds the merged, physically smaller native model (``config.json`` for plain
 ``from_pretrained`` when homogeneous, else ``load_subnet``), and, when the base is not narrowed, ``peft_adapter/``:

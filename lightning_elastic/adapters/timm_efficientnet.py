@@ -73,12 +73,13 @@ class ElasticConv2dSame(ElasticConv2d):
         return self.padding  # always (0, 0): the input is padded dynamically
 
     def forward(self, x):
-        if self.is_full():
+        plan = self._plan()
+        if plan.full:
             return self._base_cls.forward(self, x)
         from timm.layers.conv2d_same import conv2d_same
 
-        weight, bias = self.sliced("weight", "bias")
-        return conv2d_same(x, weight, bias, self.stride, self.padding, self.dilation, self._active_groups())
+        weight, bias = self._sliced(plan, ("weight", "bias"))
+        return conv2d_same(x, weight, bias, self.stride, self.padding, self.dilation, plan.extra[1])
 
 
 class TimmEfficientNetAdapter(Adapter):

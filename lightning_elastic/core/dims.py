@@ -18,6 +18,15 @@ from lightning_elastic.core.errors import ConfigError
 #: kinds of dimension; ``kind`` only informs defaults, encodings and docs.
 DIM_KINDS = ("width", "depth", "kernel", "heads", "resolution", "rank", "other")
 
+#: bumped whenever any dim's ``active`` changes. Elastic ops key their per-``select`` state on it, so a forward
+#: checks one integer instead of walking its dims (see ``ops.base.ElasticOp._plan``).
+_GENERATION = [0]
+
+
+def generation() -> int:
+    """A counter that changes whenever any :class:`ElasticDim` changes its active value."""
+    return _GENERATION[0]
+
 
 @dataclass
 class CoupledTensor:
@@ -135,6 +144,7 @@ class ElasticDim:
         if value != self._active:
             self._active = value
             self.version += 1
+            _GENERATION[0] += 1
             for fn in self._listeners:
                 fn(value)
 

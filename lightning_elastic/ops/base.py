@@ -4,9 +4,13 @@ An elastic op is a subclass of the torch module it replaces (``ElasticLinear(nn.
 module by :meth:`ElasticOp.from_module` *without copying tensors*: the same Parameter objects, under the same names.
 Each parameter/buffer has a list of ``(axis, Axis)`` pairs saying which dimension slices which axis.
 
+Per-``select`` state: an op's forward needs to know whether it is at full size, and (for some ops) derived values
+such as the active padding. That is computed once per change of any dim (:func:`core.dims.generation`) into a small
+:class:`_Plan`, so a forward costs one integer comparison, not a walk over its dims.
+
 Inference caching: when autograd is off (``torch.no_grad``/``inference_mode``), sliced tensors are materialised
-contiguously once per (active sizes, parameter versions) and reused, so runtime switching costs one copy per
-``select`` instead of a strided view per forward.
+contiguously once per (``select``, tensor identities and versions) and reused, so runtime switching costs one copy
+per ``select`` instead of a strided view (and, inside conv kernels, a hidden copy) per forward.
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lightning_elastic.core import dims as _dims
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.slicing import slice_axis
+
+#: instance attributes of elastic ops that a plain exported module must not inherit
+_OP_STATE = ("_slices", "_base_cls", "_dims_memo", "_plan_memo")
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,21 @@ def as_axis(value: ElasticDim | Axis | None) -> Axis | None:
     return Axis(value)
 
 
+class _Plan:
+    """What an op's forward needs for the current ``select``: built once per dims generation (see the module doc)."""
+
+    __slots__ = ("generation", "slices", "full", "active", "extra", "cache")
+
+    def __init__(self, generation: int, slices: dict, active: tuple[int, ...], full: bool) -> None:
+        self.generation = generation
+        self.slices = slices
+        self.active = active
+        self.full = full
+        self.extra: object = None  # op-specific derived values (e.g. conv padding and groups)
+        # names -> (source tensors, their (id, version) pairs, materialised slices); lives as long as this select
+        self.cache: dict[tuple[str, ...], tuple[tuple, list[tuple[int, int]], list]] = {}
+
+
 class ElasticOp:
     """Mixin for elastic ops. Subclasses set ``self._slices = {tensor_name: [(axis, Axis), ...]}``."""
 
@@ -62,8 +85,6 @@ class ElasticOp:
             state[key] = dict(state[key])
         new.__dict__.update(state)
         new._slices = {}
-        new._cache_key = None
-        new._cache: dict[str, torch.Tensor | None] = {}
         new._base_cls = type(module)
         return new
 
@@ -80,9 +101,25 @@ class ElasticOp:
             self.__dict__["_dims_memo"] = memo
         return memo[1], memo[2]
 
-    def is_full(self) -> bool:
+    def _plan(self) -> _Plan:
+        """The per-``select`` state, rebuilt only when some dim changed (one int comparison on the hot path)."""
+        plan = self.__dict__.get("_plan_memo")
+        gen = _dims._GENERATION[0]
+        if plan is not None and plan.generation == gen and plan.slices is self._slices:
+            return plan
         dims, full = self._dim_state()
-        return tuple(d.active for d in dims) == full
+        active = tuple(d.active for d in dims)
+        plan = _Plan(gen, self._slices, active, active == full)
+        plan.extra = self._plan_extra()
+        self.__dict__["_plan_memo"] = plan
+        return plan
+
+    def _plan_extra(self) -> object:
+        """Values derived from the active sizes that the op's forward needs (override; computed once per select)."""
+        return None
+
+    def is_full(self) -> bool:
+        return self._plan().full
 
     def dims(self) -> list[ElasticDim]:
         seen: dict[int, ElasticDim] = {}
@@ -100,35 +137,42 @@ class ElasticOp:
 
     def sliced(self, *names: str) -> list[torch.Tensor | None]:
         """The active slices of the named tensors (the originals at full size; cached when autograd is off)."""
-        dims, full = self._dim_state()
-        active = tuple(d.active for d in dims)
-        if active == full:
+        return self._sliced(self._plan(), names)
+
+    def _cache_sources(self, names: tuple[str, ...]) -> tuple[torch.Tensor | None, ...]:
+        """The tensors whose values the slices of ``names`` depend on (override to add e.g. kernel transforms)."""
+        params, buffers = self._parameters, self._buffers
+        return tuple(params[n] if n in params else buffers.get(n) for n in names)
+
+    def _sliced(self, plan: _Plan, names: tuple[str, ...]) -> list[torch.Tensor | None]:
+        if plan.full:
             return [getattr(self, n) for n in names]
         if torch.is_grad_enabled():
             return [self._slice(n) for n in names]
-        # contiguous copies, made once per (active sizes, tensor identities and versions): an optimizer step,
-        # load_state_dict or a BN statistics update bumps the version and so invalidates them
-        tensors = [getattr(self, n) for n in names]
-        key = (active, tuple(None if t is None else (id(t), t._version) for t in tensors))
-        hit = self._cache.get(names)
-        if hit is not None and hit[0] == key:
-            return hit[1]
+        # contiguous copies, made once per select and reused while the source tensors are the same objects with the
+        # same versions: an optimizer step, load_state_dict or a BN statistics update bumps the version
+        sources = self._cache_sources(names)
+        # identities as ints, not the objects: a deepcopy of the op (an EMA teacher) remaps stored objects to its
+        # own tensors, whose fresh versions could then collide with the stored ones
+        key = [(id(t), -1 if t is None else t._version) for t in sources]
+        hit = plan.cache.get(names)
+        if hit is not None and hit[1] == key:
+            return hit[2]
         out = []
-        for n, t in zip(names, tensors):
-            sl = None if t is None else self._slice(n)
+        for n in names:
+            sl = self._slice(n)
             out.append(None if sl is None else sl.contiguous())
-        self._cache[names] = (key, out)
+        plan.cache[names] = (sources, key, out)  # the sources are held so that their ids cannot be reused
         return out
 
     def _clear_cache(self) -> None:
-        self._cache_key = None
-        self._cache = {}
+        """Drop the per-select state and materialised slices (they are rebuilt on the next forward)."""
+        self.__dict__.pop("_plan_memo", None)
 
     def export_module(self) -> nn.Module:
         """A plain module of the original class with physically smaller tensors for the active sizes."""
         new = self._base_cls.__new__(self._base_cls)
-        state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("_slices", "_cache_key", "_cache", "_base_cls", "_dims_memo")}
+        state = {k: v for k, v in self.__dict__.items() if k not in _OP_STATE}
         state = copy.copy(state)
         for key in ("_parameters", "_buffers", "_modules"):
             state[key] = dict(state[key])

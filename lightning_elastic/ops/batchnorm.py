@@ -21,7 +21,8 @@ class ElasticBatchNorm2d(nn.BatchNorm2d, ElasticOp):
         return new
 
     def forward(self, x):
-        if self.is_full():
+        plan = self._plan()
+        if plan.full:
             return self._base_cls.forward(self, x)
         self._check_input_dim(x)
         momentum = 0.0 if self.momentum is None else self.momentum
@@ -30,11 +31,11 @@ class ElasticBatchNorm2d(nn.BatchNorm2d, ElasticOp):
             momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch_stats = self.training or self.running_mean is None
         if self.training:
-            weight, bias = self.sliced("weight", "bias")
+            weight, bias = self._sliced(plan, ("weight", "bias"))
             # running stats are views here, never cached copies: F.batch_norm updates them in place
             rm, rv = self._slice("running_mean"), self._slice("running_var")
         else:  # read-only: cached with the affine params under no_grad
-            weight, bias, rm, rv = self.sliced("weight", "bias", "running_mean", "running_var")
+            weight, bias, rm, rv = self._sliced(plan, ("weight", "bias", "running_mean", "running_var"))
         x = F.batch_norm(
             x,
             rm if not self.training or self.track_running_stats else None,
@@ -42,10 +43,11 @@ class ElasticBatchNorm2d(nn.BatchNorm2d, ElasticOp):
             weight, bias, use_batch_stats, momentum, self.eps,
         )
         # timm's BatchNormAct2d fuses dropout + activation after the norm
-        if "drop" in self._modules:
-            x = self.drop(x)
-        if "act" in self._modules:
-            x = self.act(x)
+        modules = self._modules
+        if "drop" in modules:
+            x = modules["drop"](x)
+        if "act" in modules:
+            x = modules["act"](x)
         return x
 
     def _export_attributes(self, new: nn.BatchNorm2d) -> None:

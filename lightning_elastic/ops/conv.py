@@ -102,16 +102,27 @@ class ElasticConv2d(nn.Conv2d, ElasticOp):
     def _active_groups(self) -> int:
         return self.out_axis.active_size if self.depthwise and self.out_axis is not None else self.groups
 
+    def _plan_extra(self) -> tuple[tuple[int, int], int]:
+        return self._active_padding(), self._active_groups()
+
+    def _cache_sources(self, names: tuple[str, ...]) -> tuple[torch.Tensor | None, ...]:
+        sources = ElasticOp._cache_sources(self, names)
+        if self._kernel_transform and "weight" in names:  # the cropped kernel is computed through them
+            sources += tuple(getattr(self, f"kernel_transform_{ks}x{ks}") for ks in self.kernel_dim.choices[:-1])
+        return sources
+
     def forward(self, x):
-        if self.is_full():
+        plan = self._plan()
+        if plan.full:
             return self._base_cls.forward(self, x)
-        weight, bias = self.sliced("weight", "bias")
+        weight, bias = self._sliced(plan, ("weight", "bias"))
+        padding, groups = plan.extra
         if self.padding_mode != "zeros":
             # the crop shrinks the padding too, else the output would grow
-            pad = [p for p in reversed(self._active_padding()) for _ in range(2)]
+            pad = [p for p in reversed(padding) for _ in range(2)]
             x = F.pad(x, pad, mode=self.padding_mode)
-            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self._active_groups())
-        return F.conv2d(x, weight, bias, self.stride, self._active_padding(), self.dilation, self._active_groups())
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, groups)
+        return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, groups)
 
     def export_module(self) -> nn.Conv2d:
         new = ElasticOp.export_module(self)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
 from lightning_elastic.core.errors import ConfigError
@@ -32,19 +34,27 @@ class SubnetSearch(Callback):
         sampler: ``"nsga2"`` (default), ``"nsga3"``, ``"tpe"`` or ``"gp"``.
         rounds: LINAS rounds after the initial random sample; each evaluates ``(num_evals - initial) / rounds``.
         initial: LINAS initial random evaluations (default ``max(8, num_evals // 5)``, max and min subnets first).
-        predictors: scikit-learn regressors tried by cross-validation (``ridge``, ``extra_trees``,
-            ``random_forest``, ``gradient_boosting``, ``mlp``, ``gp``).
-        predictor_trials: sampler trials on the predictors per round. population_size: NSGA-II/III population.
+        predictors: scikit-learn regressors tried by cross-validation each round (``ridge``, ``extra_trees``,
+            ``random_forest``, ``gradient_boosting``, ``mlp``, ``gp``). ``gp`` is not a default: its fit grows
+            cubically with the evaluations and dominated the search overhead past ~100 of them (benchmarks/search.md).
+        predictor_trials: sampler trials on the predictors per round (cheap: no real evaluation; each costs
+            an Optuna ask/tell and a predictor call). population_size: NSGA-II/III population.
         export_top: how many front subnets to export to ``output_dir/subnets/``.
         output_dir: output folder (default ``<trainer.default_root_dir>/search``).
         storage: Optuna RDB URL (default: SQLite ``output_dir/search.db``). study_name: the study in it.
         latency_device / latency_batch_size / latency_of: where and how latency is timed (``"export"`` or
-            ``"supernet"``); latency_min_run_time: seconds of timing per subnet. input_shape: per-sample input shape (default: from the first validation batch).
+            ``"supernet"``); latency_min_run_time: seconds of timing per subnet.
+        input_shape: per-sample input shape for MACs and latency (default: from the first validation batch).
         bn_calibration_batches: training batches used to re-estimate BatchNorm statistics per subnet.
         seed: seeds sampling, samplers and predictors. progress: progress bar and final table.
 
+    The same search runs later, without training, through :meth:`run` (what ``lightning-elastic search`` calls after
+    restoring a checkpoint) or :func:`~lightning_elastic.search.run.run_search` (which also restores ``ckpt_path``).
+
     Raises:
-        ConfigError: any invalid argument (in ``__init__``), an unknown metric (at the first evaluation).
+        ConfigError: any invalid argument (in ``__init__``); an unknown metric (listing those the validation loop
+            logged) or an impossible cost bound (before the first evaluation).
+        SearchError: see :meth:`run`.
 
     Example:
         >>> trainer = L.Trainer(callbacks=[ElasticTraining(...), SubnetSearch(("val_acc:max", "macs:min"),
@@ -54,7 +64,7 @@ class SubnetSearch(Callback):
     def __init__(self, objectives: Sequence[str] = ("val_acc:max", "macs:min"),
                  constraints: Mapping[str, float] | None = None, num_evals: int = 100, strategy: str = "linas",
                  sampler: str = "nsga2", rounds: int = 10, initial: int | None = None,
-                 predictors: Sequence[str] = ("ridge", "extra_trees", "gp"), predictor_trials: int = 1000,
+                 predictors: Sequence[str] = ("ridge", "extra_trees"), predictor_trials: int = 500,
                  population_size: int = 32, export_top: int = 3, output_dir: str | Path | None = None,
                  storage: str | None = None, study_name: str = "subnet-search", latency_device: str = "cpu",
                  latency_batch_size: int = 1, latency_of: str = "export",
@@ -65,8 +75,8 @@ class SubnetSearch(Callback):
             rounds=rounds, initial=initial, predictors=predictors, predictor_trials=predictor_trials,
             population_size=population_size, export_top=export_top, output_dir=output_dir, storage=storage,
             study_name=study_name, latency_device=latency_device, latency_batch_size=latency_batch_size,
-            latency_of=latency_of, latency_min_run_time=latency_min_run_time, input_shape=input_shape, bn_calibration_batches=bn_calibration_batches, seed=seed,
-            progress=progress)
+            latency_of=latency_of, latency_min_run_time=latency_min_run_time, input_shape=input_shape,
+            bn_calibration_batches=bn_calibration_batches, seed=seed, progress=progress)
         self.result: SearchResult | None = None
 
     @override
@@ -76,32 +86,74 @@ class SubnetSearch(Callback):
         if not trainer.is_global_zero:
             # the search is sequential; other ranks leave rank 0 alone (workers share a study via `storage`)
             return
+        self.run(pl_module, trainer.datamodule, trainer=trainer)
+
+    def run(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule | None = None, *,
+            output_dir: str | Path | None = None, trainer: L.Trainer | None = None) -> SearchResult:
+        """Search the subnets of the trained supernet inside ``pl_module`` with this callback's settings.
+
+        ``on_fit_end`` calls it after training; ``lightning-elastic search`` calls it after restoring the supernet
+        from a checkpoint; call it yourself to search a module trained elsewhere (``run_search(..., ckpt_path=...)``
+        also restores the checkpoint for you). Rerunning it with the same ``output_dir`` resumes the stored study.
+
+        Args:
+            pl_module: the LightningModule holding the converted, trained supernet.
+            datamodule: its ``val_dataloader()`` measures the metric, ``train_dataloader()`` recalibrates BatchNorm.
+                Set up here (``prepare_data`` + ``setup("fit")``) unless it is ``trainer``'s own. None: the
+                dataloaders ``trainer`` ran ``fit`` with, else ``pl_module``'s own ``val_dataloader()``.
+            output_dir: where results go; overrides the callback's ``output_dir``. Default:
+                ``<trainer.default_root_dir>/search``, or ``outputs/search`` without a trainer.
+            trainer: gives the default output folder and the dataloaders (see above); its loggers receive the
+                predictor quality per LINAS round and the final figures under ``search/...``.
+
+        Returns:
+            The :class:`SearchResult`; also kept as ``self.result``.
+
+        Raises:
+            ConfigError: no supernet in ``pl_module``, no validation data, an unknown metric, an impossible
+                params/MACs/latency bound.
+            SearchError: the study in ``output_dir`` is another space's, or no evaluated subnet meets
+                ``constraints`` (raised after every output is written).
+
+        Example:
+            >>> result = SubnetSearch(("val_acc:max", "macs:min"), num_evals=50).run(model, dm)  # doctest: +SKIP
+        """
         found = find_supernet(pl_module)
         if found is None:
             raise ConfigError(
-                f"SubnetSearch found no supernet in {type(pl_module).__name__}. HINT: add ElasticTraining(...) "
-                "before SubnetSearch in `callbacks`, or convert the model with to_supernet()."
+                f"`pl_module` ({type(pl_module).__name__}) holds no supernet, so SubnetSearch has nothing to search. "
+                "HINT: add ElasticTraining(...) before SubnetSearch in `callbacks`, convert the model with "
+                "to_supernet(), or restore a checkpoint with run_search(model, dm, ckpt_path=...)."
             )
-        val, train = _dataloaders(trainer)
-        settings = self.settings
-        if settings.output_dir is None:
-            settings = SearchSettings(**{**settings.to_dict(), "output_dir": Path(trainer.default_root_dir) / "search",
-                                         "storage": self.settings.storage})
-        self.result = search_supernet(pl_module, found[1], val, train, settings)
+        val, train = _dataloaders(datamodule, trainer, pl_module)
+        folder = output_dir or self.settings.output_dir or (
+            Path(trainer.default_root_dir) / "search" if trainer is not None else Path("outputs/search"))
+        settings = replace(self.settings, output_dir=Path(folder))
+        loggers = list(trainer.loggers) if trainer is not None else []
+        self.result = search_supernet(pl_module, found[1], val, train, settings, loggers=loggers)
+        return self.result
 
 
-def _dataloaders(trainer: L.Trainer) -> tuple[Any, Any]:
-    dm = trainer.datamodule
-    if dm is not None:
-        return dm.val_dataloader(), dm.train_dataloader()
-    val = trainer.val_dataloaders
-    train = trainer.train_dataloader
-    if val is None:
-        source = trainer.fit_loop.epoch_loop.val_loop._data_source
-        val = source.dataloader() if source.is_defined() else None
+def _dataloaders(datamodule: L.LightningDataModule | None, trainer: L.Trainer | None,
+                 pl_module: L.LightningModule) -> tuple[Any, Any]:
+    """``(val, train)`` dataloaders: the datamodule's, else those ``trainer`` ran ``fit`` with, else the module's."""
+    if datamodule is not None:
+        if trainer is None or trainer.datamodule is not datamodule:
+            datamodule.prepare_data()
+            datamodule.setup("fit")
+        return datamodule.val_dataloader(), datamodule.train_dataloader()
+    val = train = None
+    if trainer is not None:
+        val, train = trainer.val_dataloaders, trainer.train_dataloader
+    if val is None and is_overridden("val_dataloader", pl_module):
+        val = pl_module.val_dataloader()
+        train = pl_module.train_dataloader() if is_overridden("train_dataloader", pl_module) else None
     if val is None:
         raise ConfigError(
-            "SubnetSearch needs a validation dataloader, but `fit` ran without one. HINT: pass val_dataloaders / a "
-            "datamodule with val_dataloader() to fit, or call run_search(model, val_dataloaders=...)."
+            "SubnetSearch needs validation data, but `datamodule` is None, "
+            + ("`trainer` is None" if trainer is None else "`fit` ran without a validation dataloader")
+            + f" and {type(pl_module).__name__} defines no val_dataloader(). HINT: pass val_dataloaders / a "
+            "datamodule with val_dataloader() to fit, call SubnetSearch(...).run(model, datamodule=dm), or "
+            "run_search(model, val_dataloaders=...)."
         )
     return val, train

@@ -25,7 +25,7 @@ from lightning_elastic.core.space import ArchConfig, SearchSpace
 from lightning_elastic.search import study as st
 from lightning_elastic.search.measure import config_key
 from lightning_elastic.search.objectives import EXACT_COSTS, Objective, violations
-from lightning_elastic.search.predictors import Predictor, PredictorQuality, features
+from lightning_elastic.search.predictors import Predictor, PredictorQuality, features, kendall_tau
 
 STRATEGIES = ("linas", "random", "evolution")
 
@@ -66,15 +66,17 @@ class SearchLoop:
         predictor_trials: sampler trials per LINAS round on the predictors.
         population_size: NSGA-II/III population.
         progress: show a rich progress bar.
+        on_round: called after each LINAS predictor fit with ``(round, {metric_name: value})`` (predictor quality),
+            e.g. to send it to the Trainer's loggers.
     """
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Mapping[str, float],
                  evaluate: Callable[[ArchConfig], Mapping[str, float]],
                  costs: Callable[[ArchConfig], Mapping[str, float]], study: optuna.Study, *,
                  strategy: str = "linas", num_evals: int = 100, rounds: int = 10, initial: int | None = None,
-                 sampler: str = "nsga2", predictors: Sequence[str] = ("ridge", "extra_trees", "gp"),
-                 predictor_trials: int = 1000, population_size: int = 32, seed: int = 0,
-                 progress: bool = True) -> None:
+                 sampler: str = "nsga2", predictors: Sequence[str] = ("ridge", "extra_trees"),
+                 predictor_trials: int = 500, population_size: int = 32, seed: int = 0,
+                 progress: bool = True, on_round: Callable[[int, dict[str, float]], None] | None = None) -> None:
         self.space = space
         self.objectives = list(objectives)
         self.constraints = dict(constraints)
@@ -91,6 +93,7 @@ class SearchLoop:
         self.population_size = population_size
         self.seed = seed
         self.progress = progress
+        self.on_round = on_round
         self.dists = st.distributions(space)
         names = [o.name for o in self.objectives] + list(self.constraints)
         self.predicted = list(dict.fromkeys(n for n in names if n not in EXACT_COSTS))
@@ -98,6 +101,9 @@ class SearchLoop:
         self.timings = {"evaluate_s": 0.0, "predictor_fit_s": 0.0, "predictor_search_s": 0.0, "total_s": 0.0}
         self.num_evaluated = 0
         self._queue: list[ArchConfig] = []
+        # predictions made for proposed configs before they were measured: the truly held-out predictor quality
+        self._predicted_for: dict[str, dict[str, float]] = {}
+        self._heldout: list[tuple[dict[str, float], dict[str, float]]] = []
         self._gen = torch.Generator().manual_seed(seed)
         self._round = 0
 
@@ -146,6 +152,9 @@ class SearchLoop:
             raise
         seconds = time.perf_counter() - t0
         self.timings["evaluate_s"] += seconds
+        predicted = self._predicted_for.pop(config_key(cfg), None)
+        if predicted is not None:
+            self._heldout.append((predicted, measured))
         st.finish(self.study, trial, measured, self.objectives, list(self.constraints),
                   violations(measured, self.constraints, self.objectives), seconds)
         self.num_evaluated += 1
@@ -205,10 +214,14 @@ class SearchLoop:
         """Predicted Pareto candidates not evaluated yet, at most ``batch`` of them, spread along the front."""
         self._round += 1
         predictors = self.fit_predictors()
-        q = ", ".join(f"{n}: {p.quality.model} tau={p.quality.kendall_tau:.3f} mae={p.quality.mae:.4g}"
+        heldout = self.heldout_quality()
+        q = ", ".join(f"{n}: {p.quality.model} cv_tau={p.quality.kendall_tau:.3f} cv_mae={p.quality.mae:.4g}"
+                      + (f" heldout_tau={heldout[n]['kendall_tau']:.3f}" if n in heldout else "")
                       for n, p in predictors.items())
         num = next(iter(predictors.values())).quality.num_samples if predictors else 0
         rank_zero_info(f"SubnetSearch round {self._round}: predictors fit on {num} subnets ({q})")
+        if self.on_round is not None:
+            self.on_round(self._round, self._quality_metrics(heldout))
         t0 = time.perf_counter()
         table = self._predictor_search(predictors)
         self.timings["predictor_search_s"] += time.perf_counter() - t0
@@ -235,7 +248,10 @@ class SearchLoop:
                 order.extend(front.tolist())
         if not order:  # nothing predicted feasible: the least violating candidates show where the boundary is
             order = np.argsort(viol)[:batch].tolist()
-        return [cfgs[i] for i in order]
+        chosen = [cfgs[i] for i in order]
+        for cfg, predicted in zip(chosen, self._predict(predictors, chosen)):
+            self._predicted_for[config_key(cfg)] = {n: predicted[n] for n in self.predicted}
+        return chosen
 
     def _predictor_search(self, predictors: Mapping[str, Predictor]) -> dict[str, tuple]:
         """Run the Optuna sampler on the predictors; returns ``{key: (cfg, min-form values, violations)}``."""
@@ -263,10 +279,35 @@ class SearchLoop:
         preds = {n: p.predict(X) for n, p in predictors.items()}
         return [{**costs[i], **{n: float(preds[n][i]) for n in preds}} for i in range(len(cfgs))]
 
+    def heldout_quality(self) -> dict[str, dict[str, float]]:
+        """Kendall tau and MAE of the predictions made for proposed subnets vs their later real measurements.
+
+        Cross-validation scores subnets drawn like the training data; these subnets were chosen by the sampler near
+        the predicted front and never seen by the predictor that scored them, so this is the quality that matters.
+        """
+        out = {}
+        for n in self.predicted:
+            pairs = [(p[n], m[n]) for p, m in self._heldout if n in p and n in m]
+            if pairs:
+                pred, real = (np.array(v, dtype=float) for v in zip(*pairs))
+                out[n] = {"kendall_tau": kendall_tau(real, pred), "mae": float(np.abs(pred - real).mean()),
+                          "num_samples": len(pairs)}
+        return out
+
+    def _quality_metrics(self, heldout: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for n, q in self.quality.items():
+            metrics[f"{n}_cv_kendall_tau"], metrics[f"{n}_cv_mae"] = q.kendall_tau, q.mae
+        for n, q in heldout.items():
+            metrics[f"{n}_heldout_kendall_tau"], metrics[f"{n}_heldout_mae"] = q["kendall_tau"], q["mae"]
+        return {k: float(v) for k, v in metrics.items() if not math.isnan(v)}
+
     def summary(self) -> dict[str, Any]:
+        heldout = self.heldout_quality()
         return {"strategy": self.strategy, "sampler": self.sampler, "rounds_run": self._round,
                 "initial": self.initial, "evaluated_by_this_worker": self.num_evaluated,
-                "predictors": {n: q.to_dict() for n, q in self.quality.items()},
+                "predictors": {n: {**q.to_dict(), "heldout": heldout.get(n)} for n, q in self.quality.items()},
+                "predictor_metrics": self._quality_metrics(heldout),
                 "timings": {k: round(v, 4) for k, v in self.timings.items()}}
 
 

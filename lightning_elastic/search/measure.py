@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.core.space import ArchConfig
 from lightning_elastic.ops.base import ElasticOp
+from lightning_elastic.search.objectives import COSTS
 from lightning_elastic.supernet.supernet import Supernet
 from lightning_elastic.training.calibration import default_forward, recalibrated_bn
 
@@ -152,7 +153,7 @@ class SubnetMeasurer:
         self.supernet = supernet
         self.val_dataloaders = val_dataloaders
         self.names = list(names)
-        self.metric_names = [n for n in self.names if n not in ("params", "macs", "latency_ms")]
+        self.metric_names = [n for n in self.names if n not in COSTS]
         self.bn_calibration_batches = bn_calibration_batches
         self.latency_device = latency_device
         self.latency_batch_size = latency_batch_size
@@ -237,40 +238,84 @@ class SubnetMeasurer:
         with self.calibrated(cfg):
             self.supernet.save_subnet(directory, cfg)
 
-    def _validation_trainer(self):
-        if self._trainer is None:
-            import lightning as L
+    def _validation_trainer(self, limit_batches: int | None = None):
+        import lightning as L
 
-            self._trainer = L.Trainer(accelerator=self.accelerator, devices=1, logger=False,
-                                      enable_progress_bar=False, enable_model_summary=False,
-                                      enable_checkpointing=False, num_sanity_val_steps=0)
+        def make(**extra: Any) -> L.Trainer:
+            with _quiet_lightning():  # an internal Trainer: its "GPU available" / tips banners are noise
+                return L.Trainer(accelerator=self.accelerator, devices=1, logger=False, enable_progress_bar=False,
+                                 enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                                 **extra)
+
+        if limit_batches is not None:
+            return make(limit_val_batches=limit_batches)
+        if self._trainer is None:
+            self._trainer = make()
         return self._trainer
 
-    def validate(self, cfg: ArchConfig) -> dict[str, float]:
-        """Run the user's validation loop on subnet ``cfg`` with BN recalibrated; return the requested metrics."""
-        start = time.perf_counter()
+    def _run_validation(self, limit_batches: int | None = None) -> dict[str, float]:
+        """The user's validation loop on the active subnet: ``{logged name: value}`` (dataloader suffix dropped too)."""
         previous_trainer = getattr(self.pl_module, "_trainer", None)
         try:
-            with self.calibrated(cfg):
-                results = self._validation_trainer().validate(self.pl_module, dataloaders=self.val_dataloaders,
-                                                              verbose=False)
+            results = self._validation_trainer(limit_batches).validate(self.pl_module, dataloaders=self.val_dataloaders,
+                                                                       verbose=False)
         finally:
             # Trainer.validate re-points pl_module.trainer; give the fit Trainer back to the caller
             self.pl_module._trainer = previous_trainer
-        self.timings["validate_s"] += time.perf_counter() - start
         logged: dict[str, float] = {}
         for metrics in results:
             for k, v in metrics.items():
                 logged.setdefault(k, float(v))
                 logged.setdefault(k.split("/dataloader_idx_")[0], float(v))
+        return logged
+
+    def _check_logged(self, logged: Mapping[str, float]) -> None:
         missing = [n for n in self.metric_names if n not in logged]
         if missing:
             raise ConfigError(
-                f"`objectives` ask for metric(s) {missing} that the validation loop did not log; it logged "
-                f"{sorted(k for k in logged if '/dataloader_idx_' not in k)}. HINT: use the name passed to "
-                "`self.log(...)` in validation_step (your `monitor` name), e.g. 'val_acc:max'."
+                f"`objectives` / `constraints` name metric(s) {missing} that the validation loop did not log; it logged "
+                f"{sorted(k for k in logged if '/dataloader_idx_' not in k)}, and the measured costs are "
+                f"{list(COSTS)}. HINT: use the name passed to `self.log(...)` in validation_step (your `monitor` "
+                "name), e.g. 'val_acc:max'."
             )
+
+    def check_metrics(self) -> None:
+        """Fail before the study is created when an objective or constraint names a metric the loop does not log.
+
+        One validation batch of the max subnet is enough to see the names, and failing here keeps the output
+        folder free of a study made for the wrong objectives.
+
+        Raises:
+            ConfigError: the message lists the metrics the validation loop actually logged.
+        """
+        if not self.metric_names:
+            return
+        with self.supernet.subnet(self.supernet.space.max_config()):
+            self._check_logged(self._run_validation(limit_batches=1))
+
+    def validate(self, cfg: ArchConfig) -> dict[str, float]:
+        """Run the user's validation loop on subnet ``cfg`` with BN recalibrated; return the requested metrics."""
+        start = time.perf_counter()
+        with self.calibrated(cfg):
+            logged = self._run_validation()
+        self.timings["validate_s"] += time.perf_counter() - start
+        self._check_logged(logged)
         return {n: logged[n] for n in self.metric_names}
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

@@ -1,7 +1,7 @@
 """Lightly trained predictors of a subnet's metrics from its config encoding (scikit-learn).
 
-Features are ``space.encode(cfg)`` plus the exact log-params and log-MACs (cheap to count, and the strongest single
-signal for accuracy). For each predicted quantity several small regressors are cross-validated and the one with the
+Features are each dim's choice rank in [0, 1] plus the exact log-params and log-MACs (cheap to count, and the
+strongest single signal for accuracy). For each predicted quantity several small regressors are cross-validated and the one with the
 best out-of-fold Kendall tau (ties: lower MAE) is refit on all data. Its out-of-fold tau and MAE are the reported
 quality: each prediction comes from a model that never saw that subnet.
 """
@@ -41,8 +41,10 @@ def make_regressor(name: str, seed: int = 0):
         return pipeline.make_pipeline(preprocessing.StandardScaler(), neural_network.MLPRegressor(
             hidden_layer_sizes=(64, 64), alpha=1e-3, max_iter=2000, random_state=seed))
     if name == "gp":
+        # scaled inputs: log-MACs (~13) next to [0, 1] ranks sent the unscaled ARD fit to a flat optimum
         kernel = kernels.ConstantKernel() * kernels.RBF(length_scale=np.ones(1)) + kernels.WhiteKernel(1e-3)
-        return gaussian_process.GaussianProcessRegressor(kernel=kernel, normalize_y=True, random_state=seed)
+        return pipeline.make_pipeline(preprocessing.StandardScaler(), gaussian_process.GaussianProcessRegressor(
+            kernel=kernel, normalize_y=True, random_state=seed))
     raise ConfigError(f"`predictors` has unknown name {name!r}; allowed: {list(PREDICTORS)}. HINT: 'extra_trees'.")
 
 
@@ -50,7 +52,7 @@ def check_predictors(names: Sequence[str]) -> list[str]:
     if isinstance(names, str) or not isinstance(names, Sequence) or not names:
         raise ConfigError(
             f"`predictors` got {names!r}; allowed: a non-empty list from {list(PREDICTORS)}. "
-            "HINT: predictors=('ridge', 'extra_trees', 'gp')."
+            "HINT: predictors=('ridge', 'extra_trees')."
         )
     for n in names:
         if n not in PREDICTORS:
@@ -61,10 +63,23 @@ def check_predictors(names: Sequence[str]) -> list[str]:
 
 
 def features(space: SearchSpace, cfg: Mapping[str, int], costs: Mapping[str, float] | None) -> list[float]:
-    vec = list(space.encode(cfg))
+    """Each elastic dim's choice *rank* scaled to [0, 1], then log params and log MACs.
+
+    Ranks rather than raw values: widths are usually geometric (2, 4, 8, 16) and accuracy grows roughly with their
+    log, so raw values crowd the small choices together. On the digits benchmark space this alone lifts the held-out
+    Kendall tau of ridge from ~0.80 to ~0.88 (benchmarks/search.md).
+    """
+    vec = [_rank(d.choices, cfg[d.name]) for d in space.elastic_dims]
     if costs:
         vec += [math.log1p(costs["params"]), math.log1p(costs["macs"])]
     return vec
+
+
+def _rank(choices: Sequence[int], value: int) -> float:
+    ordered = sorted(choices)
+    if value in ordered:
+        return ordered.index(value) / (len(ordered) - 1)
+    return (value - ordered[0]) / (ordered[-1] - ordered[0])  # not a choice (never for validated configs)
 
 
 @dataclass
@@ -137,8 +152,8 @@ class Predictor:
 
     def _make(self, name: str, num_features: int):
         model = make_regressor(name, self.seed)
-        if name == "gp":
-            model.kernel.k1.k2.length_scale = np.ones(num_features)
+        if name == "gp":  # one length scale per feature (ARD)
+            model[-1].kernel.k1.k2.length_scale = np.ones(num_features)
         return model
 
     def predict(self, X: Sequence[Sequence[float]]) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Results of a search: the evaluation table, the Pareto front, files and a rich table.
 
 Files written to ``output_dir``: ``evaluations.csv`` (every real evaluation), ``pareto.csv`` (the feasible
-non-dominated ones), ``pareto.png`` (the first objective vs each other objective, front highlighted),
-``summary.json`` and ``subnets/<name>/`` (exported top subnets + ``config.json``).
+non-dominated ones), ``pareto.png`` (the first objective vs each other objective and each measured cost, front
+highlighted), ``summary.json`` and ``subnets/<name>/`` (exported top subnets + ``config.json``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import optuna
 from lightning_elastic.core.space import ArchConfig, SearchSpace
 from lightning_elastic.search import study as st
 from lightning_elastic.search.loop import non_dominated_ranks
-from lightning_elastic.search.objectives import Objective
+from lightning_elastic.search.objectives import COSTS, Objective
 
 
 @dataclass
@@ -117,7 +117,12 @@ def plot_front(path: Path, evals: Sequence[Evaluation], front: Sequence[Evaluati
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric, others = objectives[0], objectives[1:] or [objectives[0]]
+    metric = objectives[0]
+    # the other objectives, then every measured cost (params and MACs always are): accuracy vs each cost
+    names = [o.name for o in objectives[1:]]
+    names += [c for c in COSTS if c not in names and all(c in e.values for e in evals)]
+    others = [Objective(n, "min" if n in COSTS else next(o.direction for o in objectives if o.name == n))
+              for n in names] or [metric]
     fig, axes = plt.subplots(1, len(others), figsize=(5 * len(others), 4), squeeze=False)
     for ax, cost in zip(axes[0], others):
         xs = [e.values[cost.name] for e in evals]

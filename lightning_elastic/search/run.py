@@ -6,13 +6,14 @@ any model is built.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.search import study as st
@@ -20,7 +21,15 @@ from lightning_elastic.search.loop import STRATEGIES, SearchLoop
 from lightning_elastic.search.measure import SubnetMeasurer
 from lightning_elastic.search.objectives import EXACT_COSTS, parse_constraints, parse_objectives, violations
 from lightning_elastic.search.predictors import check_predictors
-from lightning_elastic.search.results import SearchResult, collect, pareto_front, print_table, write_outputs
+from lightning_elastic.search.results import (
+    SearchResult,
+    collect,
+    pareto_front,
+    print_table,
+    write_csv,
+    write_outputs,
+)
+from lightning_elastic.search.study import SearchError
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1, hint: str = "") -> None:
@@ -39,8 +48,8 @@ class SearchSettings:
     sampler: str = "nsga2"
     rounds: int = 10
     initial: int | None = None
-    predictors: Sequence[str] = ("ridge", "extra_trees", "gp")
-    predictor_trials: int = 1000
+    predictors: Sequence[str] = ("ridge", "extra_trees")
+    predictor_trials: int = 500
     population_size: int = 32
     export_top: int = 3
     output_dir: str | Path | None = None
@@ -69,7 +78,7 @@ class SearchSettings:
         if self.initial is not None:
             _positive_int("initial", self.initial, minimum=2, hint="initial=20 random evaluations before the predictors")
         self.predictors = check_predictors(self.predictors)
-        _positive_int("predictor_trials", self.predictor_trials, hint="predictor_trials=1000")
+        _positive_int("predictor_trials", self.predictor_trials, hint="predictor_trials=500")
         _positive_int("population_size", self.population_size, minimum=2, hint="population_size=32")
         _positive_int("export_top", self.export_top, minimum=0, hint="export_top=3")
         _positive_int("latency_batch_size", self.latency_batch_size, hint="latency_batch_size=1")
@@ -123,7 +132,7 @@ def run_search(pl_module: Any, datamodule: Any = None, *, train_dataloaders: Any
 
     Raises:
         ConfigError: a bad option, an unknown metric, a cost constraint no subnet meets.
-        SearchError: the study belongs to another search space.
+        SearchError: the study belongs to another search space, or no evaluated subnet meets ``constraints``.
 
     Example:
         >>> result = run_search(MyModule(), dm, ckpt_path="last.ckpt", objectives=("val_acc:max", "macs:min"),
@@ -134,7 +143,8 @@ def run_search(pl_module: Any, datamodule: Any = None, *, train_dataloaders: Any
     if settings is None:
         settings = SearchSettings(**options)
     elif options:
-        raise ConfigError(f"pass either `settings` or keyword options, not both (got {sorted(options)}).")
+        raise ConfigError(f"`settings` was given together with keyword options {sorted(options)}; allowed: one of "
+                          "the two. HINT: run_search(model, dm, settings=s) or run_search(model, dm, num_evals=50).")
     supernet = prepare_module(pl_module, ckpt_path, space_config)
     if datamodule is not None:
         if val_dataloaders is None or train_dataloaders is None:
@@ -151,27 +161,47 @@ def run_search(pl_module: Any, datamodule: Any = None, *, train_dataloaders: Any
 
 
 def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_dataloaders: Any,
-                    settings: SearchSettings) -> SearchResult:
-    """The search itself on an already converted and trained module (see :func:`run_search`)."""
+                    settings: SearchSettings, loggers: Sequence[Any] = ()) -> SearchResult:
+    """The search itself on an already converted and trained module (see :func:`run_search`).
+
+    Args:
+        loggers: Lightning loggers that receive the predictor quality of every LINAS round (step = round) and the
+            final figures (``search/...`` keys).
+
+    Raises:
+        ConfigError: an unknown metric, a params/MACs/latency bound that not even the smallest subnet meets.
+        SearchError: the study belongs to another search space, objectives or weights; or, after every output is
+            written, no evaluated subnet satisfies ``constraints`` (the message names the closest one).
+    """
     output_dir = Path(settings.output_dir or "outputs/search")
     names = [o.name for o in settings.parsed] + list(settings.constraints)
     measurer = SubnetMeasurer(pl_module, supernet, val_dataloaders, train_dataloaders, dict.fromkeys(names),
                               settings.bn_calibration_batches, settings.input_shape, settings.latency_device,
                               settings.latency_batch_size, settings.latency_of, settings.latency_min_run_time)
     space = supernet.space
+    # everything that can be checked before the study exists is checked here: no study with wrong objectives
+    measurer.check_metrics()
     _check_cost_constraints(measurer, settings)
     storage = settings.storage or st.default_storage(output_dir)
     sampler = None
     if settings.strategy == "evolution":
         sampler = st.make_sampler(settings.sampler, settings.seed, settings.population_size)
-    study = st.open_study(storage, settings.study_name, space, settings.parsed, sampler)
+    study = st.open_study(storage, settings.study_name, space, settings.parsed, sampler,
+                          fingerprint=st.weights_fingerprint(supernet.model))
     loop = SearchLoop(space, settings.parsed, settings.constraints, measurer.measure, measurer.costs, study,
                       strategy=settings.strategy, num_evals=settings.num_evals, rounds=settings.rounds,
                       initial=settings.initial, sampler=settings.sampler, predictors=settings.predictors,
                       predictor_trials=settings.predictor_trials, population_size=settings.population_size,
-                      seed=settings.seed, progress=settings.progress)
+                      seed=settings.seed, progress=settings.progress,
+                      on_round=lambda r, metrics: _log(loggers, {f"search/round/{k}": v for k, v in metrics.items()}, r))
     start = time.perf_counter()
-    loop.run()
+    try:
+        loop.run()
+    except BaseException:
+        # the finished evaluations are in the study already; also leave them where users look first
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_csv(output_dir / "evaluations.csv", collect(study, space, settings.parsed), space)
+        raise
     evals = collect(study, space, settings.parsed)
     front = pareto_front(evals, settings.parsed)
     summary = {"settings": settings.to_dict(), "space": {"num_subnets": space.num_subnets, "dims": space.describe()},
@@ -180,33 +210,58 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
                "wall_s": round(time.perf_counter() - start, 3)}
     exported = write_outputs(output_dir, space, settings.parsed, evals, front, summary,
                              export=measurer.save_subnet, export_top=settings.export_top)
+    _log(loggers, {"search/num_evaluations": float(len(evals)), "search/pareto_size": float(len(front)),
+                   **{f"search/{k}": v for k, v in summary["predictor_metrics"].items()}}, loop.summary()["rounds_run"])
     if evals and not front:
         closest = min(evals, key=lambda e: e.violation)
-        rank_zero_warn(
-            f"SubnetSearch: no evaluated subnet satisfies `constraints` {settings.constraints}; the closest is trial "
-            f"{closest.number} with {closest.values} (violation {closest.violation:.4g}). HINT: relax the bounds."
+        raise SearchError(
+            f"`constraints` {settings.constraints} cannot be met: none of the {len(evals)} evaluated subnets "
+            f"satisfies them. The closest is trial {closest.number} with "
+            + ", ".join(f"{k}={v:.4g}" for k, v in closest.values.items())
+            + f" (violation {closest.violation:.4g}); every evaluation is saved in {output_dir}/evaluations.csv. "
+            "HINT: relax the bound(s), or train longer if a metric bound is the one not met."
         )
     if settings.progress:
         print_table(front, settings.parsed)
     rank_zero_info(f"SubnetSearch: {len(evals)} evaluations, {len(front)} on the front; outputs in {output_dir}")
-    import json
-
     return SearchResult(settings.parsed, evals, front, output_dir, exported,
                         json.loads((output_dir / "summary.json").read_text()))
 
 
-def _check_cost_constraints(measurer: SubnetMeasurer, settings: SearchSettings) -> None:
-    """Fail before any evaluation when even the smallest subnet breaks a params/MACs bound."""
-    exact = {k: v for k, v in settings.constraints.items() if k in EXACT_COSTS}
-    if not exact:
+def _log(loggers: Sequence[Any], metrics: Mapping[str, float], step: int) -> None:
+    if not metrics:
         return
+    for logger in loggers:
+        logger.log_metrics(dict(metrics), step=step)
+        logger.save()
+
+
+#: the smallest subnet may measure this much slower than a bound before the search refuses to start (timer noise).
+LATENCY_TOLERANCE = 1.2
+
+
+def _check_cost_constraints(measurer: SubnetMeasurer, settings: SearchSettings) -> None:
+    """Fail before any evaluation when even the smallest subnet breaks a params/MACs (or, clearly, latency) bound."""
+    exact = {k: v for k, v in settings.constraints.items() if k in EXACT_COSTS}
     smallest = measurer.supernet.space.min_config()
-    costs = measurer.costs(smallest)
-    bad = [n for n, v in zip(exact, violations(costs, exact, settings.parsed)) if v > 0]
-    if bad:
-        raise ConfigError(
-            f"`constraints` {exact} cannot be met by any subnet: the smallest subnet (min config) has "
-            + ", ".join(f"{n}={costs[n]:.4g}" for n in bad)
-            + ", the closest possible. HINT: raise the bound(s) to at least those values; the max subnet has "
-            + ", ".join(f"{n}={measurer.costs(measurer.supernet.space.max_config())[n]:.4g}" for n in bad) + "."
-        )
+    if exact:
+        costs = measurer.costs(smallest)
+        bad = [n for n, v in zip(exact, violations(costs, exact, settings.parsed)) if v > 0]
+        if bad:
+            largest = measurer.costs(measurer.supernet.space.max_config())
+            raise ConfigError(
+                f"`constraints` {exact} cannot be met by any subnet: the smallest subnet (min config) has "
+                + ", ".join(f"{n}={costs[n]:.4g}" for n in bad)
+                + ", the closest possible. HINT: raise the bound(s) to at least those values; the max subnet has "
+                + ", ".join(f"{n}={largest[n]:.4g}" for n in bad) + "."
+            )
+    bound = settings.constraints.get("latency_ms")
+    if bound is not None:
+        fastest = measurer.latency(smallest)
+        if fastest > LATENCY_TOLERANCE * bound:
+            raise ConfigError(
+                f"`constraints` {{'latency_ms': {bound:.4g}}} cannot be met by any subnet: the smallest subnet "
+                f"(min config), normally the fastest, measures latency_ms={fastest:.4g} on "
+                f"{settings.latency_device!r} at batch size {settings.latency_batch_size}, the closest possible. "
+                "HINT: raise the bound to at least that, or measure on the target device (`latency_device`)."
+            )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
@@ -102,12 +103,27 @@ def _retry(fn, attempts: int = 8):
             time.sleep(0.2 + random.random() * 0.5)
 
 
+def weights_fingerprint(model: Any) -> str:
+    """SHA-1 of every tensor in ``model.state_dict()``: which trained weights a study's evaluations belong to."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def open_study(storage: str | None, study_name: str, space: SearchSpace, objectives: Sequence[Objective],
-               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+               sampler: optuna.samplers.BaseSampler | None = None, fingerprint: str | None = None) -> optuna.Study:
     """Create or load the study (``storage`` None: in memory) and check it belongs to this space and objectives.
 
+    Args:
+        fingerprint: :func:`weights_fingerprint` of the supernet. A study measured on other weights (the supernet
+            was trained again or longer) is refused: its evaluations would be stale, and resuming would skip them.
+
     Raises:
-        SearchError: the stored study was made for another search space or other objectives.
+        SearchError: the stored study was made for another search space, other objectives or other weights.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backend = make_storage(storage)
@@ -120,6 +136,8 @@ def open_study(storage: str | None, study_name: str, space: SearchSpace, objecti
     if "space_signature" not in attrs:
         study.set_user_attr("space_signature", signature)
         study.set_user_attr("objectives", wanted)
+        if fingerprint is not None:
+            study.set_user_attr("weights_fingerprint", fingerprint)
         return study
     if attrs["space_signature"] != signature:
         stored = {d["name"] for d in json.loads(attrs["space_signature"])}
@@ -134,6 +152,14 @@ def open_study(storage: str | None, study_name: str, space: SearchSpace, objecti
         raise SearchError(
             f"`study_name` {study_name!r} was made for objectives {attrs.get('objectives')}, not {wanted}. "
             "HINT: use the same objectives to resume, or a new `study_name`."
+        )
+    stored = attrs.get("weights_fingerprint")
+    if fingerprint is not None and stored is not None and stored != fingerprint:
+        raise SearchError(
+            f"`study_name` {study_name!r} in `storage` {_redact(storage or 'memory')!r} was measured on other weights "
+            f"of this supernet (fingerprint {stored[:12]}, now {fingerprint[:12]}): it was trained again or longer "
+            "since, so those evaluations are stale and resuming would skip them. HINT: pass a new `study_name` or "
+            "`output_dir` (or delete the old one); to add workers to a search, give them the same checkpoint."
         )
     return study
 

@@ -101,3 +101,38 @@ def test_errors():
         ElasticConv2d.from_module(nn.Conv2d(2, 2, 3, padding=1), kernel_dim=ElasticDim("k", [3, 5], 5))
     with pytest.raises(ConversionError, match=r"`depthwise=True` needs groups == in_channels, got groups=1.*HINT"):
         ElasticConv2d.from_module(nn.Conv2d(2, 2, 3), out_axis=ElasticDim("c", [1, 2], 2), depthwise=True)
+
+
+def test_inference_cache_follows_kernel_transforms():
+    # under no_grad the cropped kernel is materialised once per select; it is computed through the learned
+    # transform matrices, so an in-place update of those (an optimizer step on them alone) must invalidate it
+    conv = nn.Conv2d(3, 4, 5, padding=2, bias=False)
+    k = ElasticDim("k", [3, 5], 5, kind="kernel")
+    op = ElasticConv2d.from_module(conv, kernel_dim=k, kernel_transform=True)
+    k.active = 3
+    x = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        before = op(x)
+        op.kernel_transform_3x3.add_(0.5 * torch.randn(9, 9))
+        after = op(x)
+        centre = conv.weight[:, :, 1:4, 1:4].reshape(-1, 9) @ op.kernel_transform_3x3
+        close(after, F.conv2d(x, centre.reshape(4, 3, 3, 3), None, 1, 1))
+    assert not torch.allclose(before, after)
+
+
+def test_plan_is_rebuilt_per_select_and_per_copy():
+    # the per-select state (active padding, groups, cached slices) must follow every dim change, including one
+    # made on a deep copy of the op (e.g. an EMA teacher), and each copy must compute with its own tensors
+    conv = nn.Conv2d(6, 6, 5, padding=2, groups=6, bias=False)
+    ch, k = ElasticDim("c", [2, 4, 6], 6), ElasticDim("k", [3, 5], 5, kind="kernel")
+    op = ElasticConv2d.from_module(conv, out_axis=ch, depthwise=True, kernel_dim=k)
+    with torch.no_grad():
+        for c, ks in [(4, 3), (2, 5), (6, 3), (4, 3)]:
+            ch.active, k.active = c, ks
+            x = torch.randn(1, c, 7, 7)
+            s = (5 - ks) // 2
+            close(op(x), F.conv2d(x, conv.weight[:c, :, s:s + ks, s:s + ks], None, 1, ks // 2, 1, c))
+        twin = copy.deepcopy(op)
+        twin.weight.mul_(-1)
+        x = torch.randn(1, 4, 7, 7)
+        close(twin(x), -op(x))

@@ -1,4 +1,7 @@
-"""One search worker process: ``python _worker.py STORAGE NUM_EVALS STRATEGY`` (used by test_workers.py)."""
+"""One search worker on the synthetic space (used by test_workers.py, forked, and runnable as a script).
+
+``python _worker.py STORAGE NUM_EVALS STRATEGY`` runs one worker in a fresh interpreter.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +22,19 @@ def slow_evaluate(cfg):
     return syn.evaluate(cfg)
 
 
-if __name__ == "__main__":
-    storage, num_evals, strategy = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def work(storage: str, num_evals: int, strategy: str) -> int:
+    """Run one worker against the shared study; returns how many configs this worker evaluated."""
     objectives = parse_objectives(["val_acc:max", "macs:min"])
     space = syn.space()
-    study = st.open_study(storage, "shared", space, objectives)
+    sampler = st.make_sampler("nsga2", 0, 8) if strategy == "evolution" else None  # evolution: the study proposes
+    study = st.open_study(storage, "shared", space, objectives, sampler)
     # same seed in both workers: they propose the same configs, the worst case for duplicates
     loop = SearchLoop(space, objectives, {}, slow_evaluate, syn.costs, study, strategy=strategy, num_evals=num_evals,
                       rounds=3, initial=6, predictors=("ridge",), predictor_trials=64, population_size=8, seed=0,
                       progress=False)
     loop.run()
-    print(f"evaluated {loop.num_evaluated}")
+    return loop.num_evaluated
+
+
+if __name__ == "__main__":
+    print(f"evaluated {work(sys.argv[1], int(sys.argv[2]), sys.argv[3])}")

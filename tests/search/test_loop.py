@@ -33,13 +33,22 @@ def completed_keys(study):
 
 @pytest.mark.parametrize("strategy", ["linas", "random", "evolution"])
 def test_strategies_complete_the_budget_without_duplicates(strategy):
-    loop = make_loop(None, strategy, predictors=("ridge", "extra_trees"))
+    rounds = []
+    loop = make_loop(None, strategy, predictors=("ridge", "extra_trees"),
+                     on_round=lambda r, metrics: rounds.append((r, metrics)))
     loop.run()
     keys = completed_keys(loop.study)
     assert len(keys) == 24 and len(set(keys)) == 24
     if strategy == "linas":
         q = loop.quality["val_acc"]
         assert q.num_samples >= 8 and q.kendall_tau > 0.5 and loop.summary()["rounds_run"] >= 3
+        # every proposal after the initial 8 was predicted before it was measured: 16 held-out pairs
+        heldout = loop.summary()["predictors"]["val_acc"]["heldout"]
+        assert heldout["num_samples"] == 16 and heldout["kendall_tau"] > 0.5 and heldout["mae"] > 0
+        assert [r for r, _ in rounds] == list(range(1, len(rounds) + 1)) and len(rounds) >= 3
+        assert "val_acc_cv_kendall_tau" in rounds[0][1] and "val_acc_heldout_kendall_tau" in rounds[-1][1]
+    else:
+        assert rounds == [] and loop.summary()["predictors"] == {}
 
 
 def test_linas_finds_more_of_the_front_than_random():

@@ -22,7 +22,7 @@ def _bert(cls_name: str, config: str = "BertConfig", **extra):
     def build():
         import transformers
 
-        return getattr(transformers, cls_name)(getattr(transformers, config)(vocab_size=VOCAB, **SMALL, **extra))
+        return getattr(transformers, cls_name)(getattr(transformers, config)(vocab_size=VOCAB, **{**SMALL, **extra}))
     return build
 
 
@@ -33,6 +33,11 @@ def _decoder(cls_name: str, config: str, kv: int = 2, **extra):
         return getattr(transformers, cls_name)(getattr(transformers, config)(
             vocab_size=VOCAB, num_key_value_heads=kv, **{**SMALL, **extra}))
     return build
+
+
+def _phi3(kv: int = 4):
+    """Phi-3: fused ``qkv_proj`` and ``gate_up_proj`` (its default token ids are outside the tiny vocabulary)."""
+    return _decoder("Phi3ForCausalLM", "Phi3Config", kv=kv, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
 def _distilbert():
@@ -94,11 +99,23 @@ TEST_CASES = [
          adapter="hf-llama", causal=True),
     Case("mistral", _decoder("MistralForCausalLM", "MistralConfig"), dict(depth=(0.5, 1.0)), adapter="hf-llama",
          causal=True),
+    Case("phi3-fused", _phi3(),
+         dict(depth=(0.5, 1.0), embed_dim=(0.5, 1.0)), adapter="hf-llama", causal=True),
+    Case("phi3-fused-gqa", _phi3(kv=2), dict(depth=None), adapter="hf-llama", causal=True),
     Case("vit", _vit, dict(depth=(0.5, 1.0)), inputs=image_input, adapter="hf-vit"),
     Case("peft-llama", _peft(_decoder("LlamaForCausalLM", "LlamaConfig"), **LLAMA_LORA), dict(depth=None),
          adapter="peft-lora", causal=True),
     Case("peft-bert", _peft(_bert("BertForSequenceClassification"), r=8, target_modules=["query", "value", "dense"]),
          dict(depth=None, embed_dim=(0.5, 1.0)), adapter="peft-lora"),
+    Case("peft-qwen2", _peft(_decoder("Qwen2ForCausalLM", "Qwen2Config"), r=8, lora_alpha=8, use_rslora=True,
+                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]),
+         dict(depth=(0.5, 1.0), rank=[4, 8]), adapter="peft-lora", causal=True),
+    Case("peft-distilbert", _peft(_distilbert, r=4, target_modules=["q_lin", "v_lin", "lin1", "lin2"]),
+         dict(depth=None), adapter="peft-lora"),
+    Case("peft-phi3-fused", _peft(_phi3(), r=4, target_modules=["qkv_proj", "gate_up_proj", "o_proj"]),
+         dict(depth=None), adapter="peft-lora", causal=True),
+    Case("peft-vit", _peft(_vit, r=4, target_modules=["q_proj", "v_proj", "fc1", "fc2"]), dict(depth=(0.5, 1.0)),
+         inputs=image_input, adapter="peft-lora"),
 ]
 
 

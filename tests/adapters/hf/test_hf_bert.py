@@ -66,3 +66,34 @@ def test_fewer_heads_fall_back_to_load_subnet(tmp_path):
     net = to_supernet(model, SearchSpaceConfig(depth=None, width=None, heads=(0.5, 1.0)))
     net.save_subnet(tmp_path, net.min_config())
     assert not (tmp_path / "config.json").exists() and (tmp_path / "subnet.json").exists()
+
+
+def test_importance_ordered_depth_keeps_chosen_layers():
+    from lightning_elastic.adapters.hf_bert import HFBertAdapter
+
+    model = _bert("BertModel", num_hidden_layers=3)().eval()
+    layers = list(model.encoder.layer)
+    net = to_supernet(model, SearchSpaceConfig(depth=[1, 2, 3], width=None, heads=None),
+                      adapter=HFBertAdapter(depth_order=[2, 0, 1]))
+    net.select({"layers.depth": 2})
+    assert list(model.encoder.layer) == [layers[0], layers[2]]  # kept in network order
+    x = token_input()
+    with torch.no_grad():
+        expected = model(**x).last_hidden_state
+    exported = net.export()
+    assert exported.config.num_hidden_layers == 2
+    torch.testing.assert_close(exported.encoder.layer[1].intermediate.dense.weight,
+                               layers[2].intermediate.dense.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**x).last_hidden_state, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("order", [[0, 0], [0, 2], [1], ["1", 0]])
+def test_bad_depth_order_raises_before_any_change(order):
+    from lightning_elastic import ConfigError
+    from lightning_elastic.adapters.hf_bert import HFBertAdapter
+
+    model = _bert("BertModel")()
+    with pytest.raises(ConfigError, match=r"`depth_order` got .*2 layers; allowed: each of 0\.\.1.*HINT"):
+        to_supernet(model, SearchSpaceConfig(depth=[1, 2]), adapter=HFBertAdapter(depth_order=order))
+    assert not any(type(m).__name__.startswith("Elastic") for m in model.modules())

@@ -10,6 +10,7 @@ from lightning_elastic.adapters.hf_llama import HFLlamaAdapter
 from tests.adapters.hf._tiny import (
     Case,
     _decoder,
+    _phi3,
     cases,
     check_export_and_reload,
     check_grads_outside_slice,
@@ -17,7 +18,7 @@ from tests.adapters.hf._tiny import (
     token_input,
 )
 
-CASES = cases("llama", "qwen2", "mistral")
+CASES = cases("llama", "qwen2", "mistral", "phi3")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -111,7 +112,11 @@ def test_activation_importance_orders_mlp_by_calibration_activations():
     x = token_input()
     seen = {}
     down = model.model.layers[0].mlp.down_proj
-    hook = down.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].detach().abs().mean(dim=(0, 1))))
+
+    def record(module, args) -> None:  # returns None: a pre-hook that returns a value replaces the layer's input
+        seen.setdefault("x", args[0].detach().abs().mean(dim=(0, 1)))
+
+    hook = down.register_forward_pre_hook(record)
     with torch.no_grad():
         ref = model(**x).logits
     hook.remove()
@@ -120,3 +125,34 @@ def test_activation_importance_orders_mlp_by_calibration_activations():
     assert torch.equal(net.space["layers.0.mlp.hidden"].importance[0], expected)
     with torch.no_grad():
         torch.testing.assert_close(model(**x).logits, ref, atol=1e-5, rtol=1e-5)  # still function-preserving
+
+
+def test_phi3_fused_qkv_heads_per_layer_and_plain_export(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = _phi3()().eval()
+    net = to_supernet(model, SearchSpaceConfig(depth=None, width=None))
+    assert net.space["layers.0.attn.heads"].choices == (2, 3, 4)
+    x = token_input()
+    net.select({"layers.0.attn.heads": 2, "layers.1.attn.heads": 3})
+    assert model.config.num_attention_heads == 4  # per-layer heads never touch the shared model config
+    with torch.no_grad():
+        expected = model(**x).logits
+    exported = net.export()
+    assert [m.self_attn.qkv_proj.out_features for m in exported.model.layers] == [3 * 2 * 8, 3 * 3 * 8]  # q, k, v
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**x).logits, expected, atol=1e-5, rtol=1e-4)
+    cfg = {"layers.0.attn.heads": 3, "layers.1.attn.heads": 3}
+    net.save_subnet(tmp_path, cfg)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # plain transformers, shared config again
+    assert plain.config.num_attention_heads == 3 and plain.config.num_key_value_heads == 3
+    net.select(cfg)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**x).logits, model(**x).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_phi3_fused_qkv_with_gqa_keeps_heads():
+    model = _phi3(kv=2)()
+    net = to_supernet(model, SearchSpaceConfig(depth=None))
+    assert not any(name.endswith("attn.heads") for name in net.space.names())  # k/v parts are narrower than q
+    assert "layers.0.mlp.hidden" in net.space.names()

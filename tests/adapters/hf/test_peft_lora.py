@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from tests.adapters.hf._tiny import (
     Case,
     _decoder,
     _peft,
+    _phi3,
     cases,
     check_export_and_reload,
     check_grads_outside_slice,
@@ -117,3 +119,67 @@ def test_dora_raises():
     model = _peft(LLAMA, r=4, target_modules=["q_proj"], use_dora=True)()
     with pytest.raises(ConversionError, match=r"DoRA.*allowed: plain LoRA.*HINT"):
         to_supernet(model)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_smaller_rank_is_a_truncation_with_the_trained_scaling(rslora):
+    # LoNAS trains every rank with the max rank's scaling (alpha / r_max, or alpha / sqrt(r_max) with rslora)
+    torch.manual_seed(0)
+    model = _peft(LLAMA, **LLAMA_LORA, use_rslora=rslora)().eval()
+    net = to_supernet(model, SearchSpaceConfig(depth=None, heads=None, width=None, rank=[4, 8]))
+    name = "model.layers.0.self_attn.v_proj"
+    net.select({**net.max_config(), f"{name}.rank": 4})
+    layer = model.base_model.model.get_submodule(name)
+    w, a, b = layer.base_layer.weight, layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    alpha, r_max = LLAMA_LORA["lora_alpha"], LLAMA_LORA["r"]
+    scale = alpha / math.sqrt(r_max) if rslora else alpha / r_max
+    x = torch.randn(3, w.shape[1])
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ w.T + scale * (x @ a[:4].T) @ b[:, :4].T, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(layer(x), x @ w.T, atol=1e-3)  # the adapter matters at rank 4
+
+
+def test_training_step_changes_only_adapter_weights():
+    model = _peft(LLAMA, **LLAMA_LORA)()
+    net = to_supernet(model, SearchSpaceConfig(depth=None))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    net.select(net.sample(torch.Generator().manual_seed(3)))
+    model.train()
+    output(model, token_input()).float().pow(2).mean().backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and all("lora_A" in n or "lora_B" in n for n in changed)
+    assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def test_peft_over_unsupported_model_raises():
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = get_peft_model(GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=100)),
+                           LoraConfig(r=4, target_modules=["lm_head"]))
+    with pytest.raises(ConversionError, match=r"wraps a GPT2LMHeadModel \(model_type 'gpt2'\).*allowed.*HINT: regis"):
+        to_supernet(model)
+    assert not any(type(m).__name__.startswith("Elastic") for m in model.modules())
+
+
+def test_fused_qkv_adapter_folder_loads_on_original_base(tmp_path):
+    # lora_B of qkv_proj / gate_up_proj is permuted segment-wise with the base: the saved adapter must undo it
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    torch.manual_seed(0)
+    base = _phi3()().eval()
+    pristine = copy.deepcopy(base)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["qkv_proj", "gate_up_proj", "o_proj"])).eval()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.2)
+    net = to_supernet(model, SearchSpaceConfig(depth=None, rank=[2, 4]))
+    cfg = _rank_only_cfg(net)
+    net.save_subnet(tmp_path, cfg)
+    plain = PeftModel.from_pretrained(pristine, tmp_path / "peft_adapter").eval()
+    net.select(cfg)
+    x = token_input()
+    with torch.no_grad():
+        torch.testing.assert_close(output(plain, x), output(model, x), atol=1e-5, rtol=1e-4)
