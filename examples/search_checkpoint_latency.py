@@ -7,7 +7,7 @@
 3. ``run_search`` on the checkpoint, from plain Python: a fresh LightningModule is converted with the space stored in
    the checkpoint and loaded; objectives ``val_acc:max`` and ``latency_ms:min``, constraint ``latency_ms <= budget``.
    Every real evaluation is a trial in ``<output>/search/search.db``: rerunning with the same ``--ckpt`` resumes
-   the search (a study measured on other weights is refused, so a run that trains anew starts a fresh one).
+   the search (evaluations of other weights are never reused; a run that trains anew clears the old search).
 4. The best subnet within the budget is exported as a plain timm ResNet (``subnets/00-trial<N>/``), loaded back with
    ``load_subnet`` and timed again.
 

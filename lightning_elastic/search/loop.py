@@ -155,9 +155,9 @@ class SearchLoop:
         predicted = self._predicted_for.pop(config_key(cfg), None)
         if predicted is not None:
             self._heldout.append((predicted, measured))
-        st.finish(self.study, trial, measured, self.objectives, list(self.constraints),
-                  violations(measured, self.constraints, self.objectives), seconds)
-        self.num_evaluated += 1
+        if st.finish(self.study, trial, measured, self.objectives, list(self.constraints),
+                     violations(measured, self.constraints, self.objectives), seconds):
+            self.num_evaluated += 1
 
     def _next_config(self, taken: set[str]) -> ArchConfig | None:
         if self.strategy == "evolution":

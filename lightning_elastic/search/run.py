@@ -170,7 +170,7 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
 
     Raises:
         ConfigError: an unknown metric, a params/MACs/latency bound that not even the smallest subnet meets.
-        SearchError: the study belongs to another search space, objectives or weights; or, after every output is
+        SearchError: the study belongs to another search space or objectives; or, after every output is
             written, no evaluated subnet satisfies ``constraints`` (the message names the closest one).
     """
     output_dir = Path(settings.output_dir or "outputs/search")
@@ -205,7 +205,7 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
     evals = collect(study, space, settings.parsed)
     front = pareto_front(evals, settings.parsed)
     summary = {"settings": settings.to_dict(), "space": {"num_subnets": space.num_subnets, "dims": space.describe()},
-               "study": {"storage": st._redact(storage), "study_name": settings.study_name},
+               "study": {"storage": st._redact(storage), "study_name": study.study_name},
                **loop.summary(), "measure_timings": {k: round(v, 4) for k, v in measurer.timings.items()},
                "wall_s": round(time.perf_counter() - start, 3)}
     exported = write_outputs(output_dir, space, settings.parsed, evals, front, summary,

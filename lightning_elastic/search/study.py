@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 import torch
 from optuna.distributions import CategoricalDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from lightning_elastic.core.errors import ConfigError, ElasticError
@@ -27,7 +28,11 @@ from lightning_elastic.search.measure import config_key
 from lightning_elastic.search.objectives import Objective
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp")
-_WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _worker() -> str:
+    # per call, not at import: a forked worker must not carry its parent's pid
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class SearchError(ElasticError):
@@ -120,10 +125,14 @@ def open_study(storage: str | None, study_name: str, space: SearchSpace, objecti
 
     Args:
         fingerprint: :func:`weights_fingerprint` of the supernet. A study measured on other weights (the supernet
-            was trained again or longer) is refused: its evaluations would be stale, and resuming would skip them.
+            was trained again or longer) is not resumed, its evaluations being stale: the search warns and uses the
+            study ``<study_name>@<fingerprint>`` of the same storage instead.
+
+    Returns:
+        The study (``study.study_name`` tells which one).
 
     Raises:
-        SearchError: the stored study was made for another search space, other objectives or other weights.
+        SearchError: the stored study was made for another search space or other objectives.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     backend = make_storage(storage)
@@ -155,12 +164,19 @@ def open_study(storage: str | None, study_name: str, space: SearchSpace, objecti
         )
     stored = attrs.get("weights_fingerprint")
     if fingerprint is not None and stored is not None and stored != fingerprint:
-        raise SearchError(
-            f"`study_name` {study_name!r} in `storage` {_redact(storage or 'memory')!r} was measured on other weights "
-            f"of this supernet (fingerprint {stored[:12]}, now {fingerprint[:12]}): it was trained again or longer "
-            "since, so those evaluations are stale and resuming would skip them. HINT: pass a new `study_name` or "
-            "`output_dir` (or delete the old one); to add workers to a search, give them the same checkpoint."
+        # the supernet was trained again or longer: the stored evaluations are stale, and resuming would skip them.
+        # Not an error (re-running `fit` in the same folder is common): a study named after these weights, which
+        # every worker given the same checkpoint also picks.
+        fresh = f"{study_name.split('@')[0]}@{fingerprint[:12]}"
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"SubnetSearch: study {study_name!r} in {_redact(storage or 'memory')!r} was measured on other weights "
+            f"of this supernet (fingerprint {stored[:12]}, now {fingerprint[:12]}); continuing in study {fresh!r} of "
+            "the same storage. HINT: pass a new `output_dir` or `study_name` to keep searches of different training "
+            "runs apart."
         )
+        return open_study(storage, fresh, space, objectives, sampler, fingerprint)
     return study
 
 
@@ -231,12 +247,16 @@ def claim(study: optuna.Study, cfg: Mapping[str, int] | None, dists: Mapping[str
         key = config_key(cfg)
         if key in (taken if taken is not None else taken_keys(study)):
             return None
-        study.enqueue_trial({k: cfg[k] for k in dists}, user_attrs={"config_key": key, "worker": _WORKER})
+        study.enqueue_trial({k: cfg[k] for k in dists}, user_attrs={"config_key": key, "worker": _worker()})
     trial = study.ask(dict(dists))
     key = config_key(trial.params)
-    if cfg is None or trial.user_attrs.get("config_key") != key or trial.user_attrs.get("worker") != _WORKER:
-        trial.set_user_attr("config_key", key)
-        trial.set_user_attr("worker", _WORKER)
+    try:
+        if cfg is None or trial.user_attrs.get("config_key") != key or trial.user_attrs.get("worker") != _worker():
+            trial.set_user_attr("config_key", key)
+            trial.set_user_attr("worker", _worker())
+    except UpdateFinishedTrialError:
+        # SQLite has no SELECT ... FOR UPDATE: two workers can pop the same waiting trial; the other one finished it
+        return None
     # lost a race? the lowest trial number holding a config keeps it, and the first `budget` trials run
     earlier = [t for t in real_trials(study, (TrialState.COMPLETE, TrialState.RUNNING)) if t.number < trial.number]
     for other in earlier:
@@ -265,15 +285,27 @@ def _duplicate_complete(study: optuna.Study, trial: optuna.Trial, other: optuna.
 
 
 def finish(study: optuna.Study, trial: optuna.Trial, measured: Mapping[str, float], objectives: Sequence[Objective],
-           constraint_names: Sequence[str], constraint_values: Sequence[float], seconds: float) -> None:
-    """Record a real evaluation as a COMPLETE trial."""
-    trial.set_user_attr("measured", {k: float(v) for k, v in measured.items()})
-    trial.set_user_attr("eval_seconds", float(seconds))
-    set_constraints(trial, constraint_names, constraint_values)
-    study.tell(trial, [float(measured[o.name]) for o in objectives])
+           constraint_names: Sequence[str], constraint_values: Sequence[float], seconds: float) -> bool:
+    """Record a real evaluation as a COMPLETE trial.
+
+    Returns:
+        False when another worker that popped the same waiting trial (a SQLite race) recorded it first; the study
+        then holds that worker's identical measurement, once.
+    """
+    try:
+        trial.set_user_attr("measured", {k: float(v) for k, v in measured.items()})
+        trial.set_user_attr("eval_seconds", float(seconds))
+        set_constraints(trial, constraint_names, constraint_values)
+        study.tell(trial, [float(measured[o.name]) for o in objectives])
+    except UpdateFinishedTrialError:
+        return False
+    return True
 
 
 def fail(study: optuna.Study, trial: optuna.Trial, err: BaseException) -> None:
     """Record a crashed evaluation as FAIL with its error; finished trials stay in the study."""
-    trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
-    study.tell(trial, state=TrialState.FAIL)
+    try:
+        trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
+        study.tell(trial, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        pass  # another worker finished the same trial (see `finish`)

@@ -90,12 +90,16 @@ def test_run_search_resumes_without_reevaluating(tmp_path, data):
     assert again.summary["evaluated_by_this_worker"] == 2 and len(again.evaluations) == 5
     assert {e.number for e in first.evaluations} < {e.number for e in again.evaluations}
 
-    # the supernet trained further: the stored evaluations are stale, resuming would silently skip them
+    # the supernet trained further: the stored evaluations are stale, so a study named after the new weights is used
     with torch.no_grad():
         model.backbone.fc.bias.add_(0.01)
-    with pytest.raises(SearchError, match=r"was measured on other weights of this supernet \(fingerprint \w{12}, "
-                                          r"now \w{12}\).*HINT: pass a new `study_name`"):
-        run_search(model, num_evals=6, **kwargs)
+    with pytest.warns(UserWarning, match=r"study 'subnet-search' .* was measured on other weights of this supernet "
+                                         r"\(fingerprint \w{12}, now (\w{12})\); continuing in study "
+                                         r"'subnet-search@\w{12}'.*HINT"):
+        retrained = run_search(model, num_evals=2, **kwargs)
+    assert retrained.summary["evaluated_by_this_worker"] == 2 and len(retrained.evaluations) == 2
+    assert retrained.summary["study"]["study_name"].startswith("subnet-search@")
+    assert len(_study(tmp_path).trials) == 5  # the old study is left as it was
 
     # the same output folder with another search space: refused
     other = DigitsClassifier(SearchSpaceConfig(width=(0.25, 1.0), depth=None))
