@@ -63,6 +63,7 @@ class Adapter(ABC):
 
     def finalize_export(self, model: nn.Module, supernet: Supernet, cfg: dict[str, int]) -> None:
         """Fix size attributes / configs on an exported model (after all elastic ops were replaced)."""
+        return None  # optional hook: most adapters' exports need no fixing
 
     def build_original(self, meta: dict[str, Any]) -> nn.Module:
         """Rebuild the original (randomly initialised) model from ``plan.meta``; used by ``load_subnet``."""
@@ -70,6 +71,7 @@ class Adapter(ABC):
 
     def save(self, exported: nn.Module, supernet: Supernet, cfg: dict[str, int], directory: Path) -> None:
         """Write adapter-specific files beside the default safetensors + ``subnet.json`` (optional)."""
+        return None  # optional hook: the default files are enough
 
     def load(self, directory: Path, info: dict[str, Any]) -> nn.Module | None:
         """Load an exported subnet directly (e.g. ``from_pretrained``); return None to use the default path."""
