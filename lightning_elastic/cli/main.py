@@ -48,7 +48,7 @@ class ElasticTrainer(L.Trainer):
             model: the LightningModule of the recipe.
             ckpt_path: checkpoint written by ``fit`` with ``ElasticTraining``.
             subnet: ``max``, ``min``, a JSON object ``{"dim": value, ...}``, or a path to a JSON file holding one
-                (e.g. ``subnets/<name>/subnet.json`` or ``arch_config.json`` from a search).
+                (e.g. ``subnets/<name>/subnet.json`` or ``subnets/<name>/search_result.json`` from a search).
             output_dir: destination folder (safetensors + ``subnet.json``; HF subnets also ``config.json``).
         """
         from lightning_elastic.cli.checkpoint import restore_supernet
@@ -78,8 +78,10 @@ def parse_subnet(subnet: str, supernet) -> dict[str, int]:
             )
         text = path.read_text()
     data = json.loads(text)
-    if isinstance(data, dict) and "arch_config" in data:
-        data = data["arch_config"]
+    for key in ("arch_config", "config"):  # subnet.json (export) / search_result.json (search) nest the config
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+            break
     return supernet.space.validate(data)
 
 

@@ -71,7 +71,16 @@ def resized_inputs(model: nn.Module, resolution: int | None) -> Iterator[None]:
         handle.remove()
 
 
-def count_costs(supernet: Supernet, cfg: Mapping[str, int], input_shape: tuple[int, ...]) -> dict[str, float]:
+def example_input(input_shape: tuple[int, ...], batch_size: int = 1, dtype: torch.dtype = torch.float32,
+                  device: Any = "cpu") -> torch.Tensor:
+    """A synthetic model input: standard-normal floats for images, token id 0 for integer inputs (token ids)."""
+    if dtype.is_floating_point:
+        return torch.randn((batch_size, *input_shape), dtype=dtype, device=device)
+    return torch.zeros((batch_size, *input_shape), dtype=dtype, device=device)
+
+
+def count_costs(supernet: Supernet, cfg: Mapping[str, int], input_shape: tuple[int, ...],
+                dtype: torch.dtype = torch.float32) -> dict[str, float]:
     """Exact ``params`` and ``macs`` of subnet ``cfg`` at batch 1 (one forward of the selected supernet).
 
     Params are those of the modules the forward actually runs (skipped blocks excluded), with elastic ops counted
@@ -90,7 +99,7 @@ def count_costs(supernet: Supernet, cfg: Mapping[str, int], input_shape: tuple[i
     try:
         model.eval()
         with supernet.subnet(cfg), torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros((1, *shape), device=device))
+            model(example_input(shape, 1, dtype, device))
     finally:
         for h in hooks:
             h.remove()
@@ -112,12 +121,12 @@ def _shape_at(input_shape: tuple[int, ...], resolution: int | None) -> tuple[int
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1, device: str = "cpu",
-                    min_run_time: float = 0.1, num_threads: int = 1) -> float:
+                    min_run_time: float = 0.1, num_threads: int = 1, dtype: torch.dtype = torch.float32) -> float:
     """Median forward latency in milliseconds (``torch.utils.benchmark.Timer.blocked_autorange``)."""
     from torch.utils import benchmark
 
     model = model.to(device).eval()
-    x = torch.randn((batch_size, *input_shape), device=device)
+    x = example_input(input_shape, batch_size, dtype, device)
     with torch.no_grad():
         model(x)  # warm-up: allocator, cudnn autotune
         timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=num_threads)
@@ -164,6 +173,7 @@ class SubnetMeasurer:
         self._device = device
         self._calibration = self._take(calibration_batches, bn_calibration_batches)
         self._input_shape = tuple(input_shape) if input_shape is not None else None
+        self._input_dtype: torch.dtype | None = None  # token-id inputs (text models) come from the first val batch
         self._trainer = None
         self._cost_cache: dict[str, dict[str, float]] = {}
         self.timings: dict[str, float] = {"validate_s": 0.0, "costs_s": 0.0, "latency_s": 0.0}
@@ -178,8 +188,7 @@ class SubnetMeasurer:
     @property
     def input_shape(self) -> tuple[int, ...]:
         if self._input_shape is None:
-            loaders = self.val_dataloaders if isinstance(self.val_dataloaders, list | tuple) else [self.val_dataloaders]
-            x = _input_batch(next(iter(loaders[0])))
+            x = self._first_input()
             if x is None:
                 raise ConfigError(
                     "`input_shape` is None and cannot be inferred from the validation batches. "
@@ -188,12 +197,24 @@ class SubnetMeasurer:
             self._input_shape = tuple(x.shape[1:])
         return self._input_shape
 
+    def _first_input(self) -> torch.Tensor | None:
+        loaders = self.val_dataloaders if isinstance(self.val_dataloaders, list | tuple) else [self.val_dataloaders]
+        return _input_batch(next(iter(loaders[0])))
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """dtype of synthetic inputs for MACs and latency: the validation batches' (integer for token ids)."""
+        if self._input_dtype is None:
+            x = self._first_input()
+            self._input_dtype = x.dtype if x is not None else torch.float32
+        return self._input_dtype
+
     def costs(self, cfg: Mapping[str, int]) -> dict[str, float]:
         """Exact params and MACs of ``cfg`` (cached)."""
         key = config_key(cfg)
         if key not in self._cost_cache:
             start = time.perf_counter()
-            self._cost_cache[key] = count_costs(self.supernet, cfg, self.input_shape)
+            self._cost_cache[key] = count_costs(self.supernet, cfg, self.input_shape, self.input_dtype)
             self.timings["costs_s"] += time.perf_counter() - start
         return dict(self._cost_cache[key])
 
@@ -218,10 +239,10 @@ class SubnetMeasurer:
         if self.latency_of == "export":
             model = self.supernet.export(cfg)
             return measure_latency(model, shape, self.latency_batch_size, self.latency_device,
-                                   self.latency_min_run_time)
+                                   self.latency_min_run_time, dtype=self.input_dtype)
         with self.supernet.subnet(cfg):
             return measure_latency(self.supernet.model, shape, self.latency_batch_size, self.latency_device,
-                                   self.latency_min_run_time)
+                                   self.latency_min_run_time, dtype=self.input_dtype)
 
     @contextmanager
     def calibrated(self, cfg: Mapping[str, int]) -> Iterator[None]:

@@ -2,7 +2,7 @@
 
 Files written to ``output_dir``: ``evaluations.csv`` (every real evaluation), ``pareto.csv`` (the feasible
 non-dominated ones), ``pareto.png`` (the first objective vs each other objective and each measured cost, front
-highlighted), ``summary.json`` and ``subnets/<name>/`` (exported top subnets + ``config.json``).
+highlighted), ``summary.json`` and ``subnets/<name>/`` (exported top subnets + ``search_result.json``: trial, config, measurements).
 """
 
 from __future__ import annotations
@@ -169,11 +169,11 @@ def write_outputs(output_dir: Path, space: SearchSpace, objectives: Sequence[Obj
         if export is not None:
             export(e.config, directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps({"trial": e.number, "config": e.config,
-                                                           "values": e.values}, indent=2))
+        result = {"trial": e.number, "config": e.config, "values": e.values}
+        (directory / "search_result.json").write_text(json.dumps(result, indent=2))
         exported[name] = directory
-    full = {**summary, "best_subnets": [{"name": n, "trial": int(p.name.split("trial")[-1]),
-                                         **json.loads((p / "config.json").read_text())} for n, p in exported.items()],
+    best = [{"name": n, **json.loads((p / "search_result.json").read_text())} for n, p in exported.items()]
+    full = {**summary, "best_subnets": best,
             "num_evaluations": len(evals), "num_feasible": sum(e.feasible for e in evals), "pareto_size": len(front)}
     (output_dir / "summary.json").write_text(json.dumps(full, indent=2, default=str))
     return exported

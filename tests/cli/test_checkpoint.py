@@ -36,6 +36,8 @@ def test_parse_subnet(tmp_path):
     path = tmp_path / "subnet.json"
     path.write_text(json.dumps({"arch_config": cfg}))
     assert parse_subnet(str(path), net) == cfg
+    path.write_text(json.dumps({"trial": 3, "config": cfg, "values": {"val_acc": 0.9}}))  # search_result.json
+    assert parse_subnet(str(path), net) == cfg
     with pytest.raises(ConfigError, match="`subnet` 'medium' is not 'max', 'min', a JSON object"):
         parse_subnet("medium", net)
     with pytest.raises(ConfigError, match="unknown keys"):

@@ -78,6 +78,9 @@ def check_search_outputs(folder: Path, num_evals: int, objectives: int) -> None:
     assert exported, "no subnet was exported"
     for sub in exported:
         assert (sub / "model.safetensors").is_file() and (sub / "subnet.json").is_file()
+        result = json.loads((sub / "search_result.json").read_text())
+        assert set(result["values"]) >= {o.split(":")[0] for o in summary["settings"]["objectives"]}
+        assert load_subnet(sub) is not None  # every exported subnet loads back
 
 
 def run_cli(*args: str) -> None:

@@ -76,7 +76,7 @@ def test_subnet_search_after_fit_writes_every_output(tmp_path, data):
     with torch.no_grad():
         acc = sum((subnet(x).argmax(-1) == y).sum().item() for x, y in val) / len(val.dataset)
     assert acc == pytest.approx(best["values"]["val_acc"], abs=1e-6)
-    assert json.loads((folder / "config.json").read_text())["config"] == best["config"]
+    assert json.loads((folder / "search_result.json").read_text())["config"] == best["config"]
 
 
 def test_run_search_resumes_without_reevaluating(tmp_path, data):
