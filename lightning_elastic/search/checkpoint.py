@@ -40,10 +40,20 @@ def prepare_module(pl_module: Any, ckpt_path: str | Path | None = None,
                 "after training with ElasticTraining, or pass ckpt_path= a checkpoint of such a run."
             )
         return found[1]
+    return restore_from_checkpoint(pl_module, load_checkpoint(ckpt_path), ckpt_path, space_config)
+
+
+def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
+    """``torch.load`` a Lightning checkpoint on CPU; a clear error if the file is missing."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"`ckpt_path` {str(ckpt_path)!r} does not exist. HINT: pass a .ckpt written by `fit`.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def restore_from_checkpoint(pl_module: Any, ckpt: dict[str, Any], ckpt_path: str | Path = "",
+                            space_config: SearchSpaceConfig | None = None) -> Supernet:
+    """Convert ``pl_module`` as recorded in the loaded checkpoint ``ckpt`` and load its trained weights."""
     state = _stored_state(ckpt)
     info = (state or {}).get("supernet")
     found = find_supernet(pl_module)
