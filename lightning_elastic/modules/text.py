@@ -25,7 +25,19 @@ def _from_config(auto_cls, model_config: dict[str, Any], **kwargs):
     return auto_cls.from_config(AutoConfig.for_model(model_type, **cfg, **kwargs))
 
 
-class SequenceClassifier(OptimizerMixin):
+class _HFModule(OptimizerMixin):
+    """An HF model fed with dict batches (``input_ids``, ``attention_mask``, ``labels``); HF computes the loss."""
+
+    def forward(self, **batch):
+        return self.model(**batch)
+
+    def training_step(self, batch, batch_idx: int):
+        loss = self(**batch).loss
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+
+class SequenceClassifier(_HFModule):
     """Sentence classification with an HF encoder (``self.model``); logs ``val_acc`` / ``val_loss`` / ``test_acc``.
 
     Args:
@@ -51,14 +63,6 @@ class SequenceClassifier(OptimizerMixin):
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_labels)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_labels)
 
-    def forward(self, **batch):
-        return self.model(**batch)
-
-    def training_step(self, batch, batch_idx: int):
-        loss = self(**batch).loss
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
-
     def validation_step(self, batch, batch_idx: int) -> None:
         out = self(**batch)
         self.val_acc(out.logits, batch["labels"])
@@ -71,7 +75,7 @@ class SequenceClassifier(OptimizerMixin):
         self.log("test_acc", self.test_acc)
 
 
-class CausalLM(OptimizerMixin):
+class CausalLM(_HFModule):
     """Causal LM fine-tuning (optionally LoRA via peft); logs ``val_loss`` and ``val_ppl``.
 
     Args:
@@ -106,14 +110,6 @@ class CausalLM(OptimizerMixin):
                 raise ConfigError(f"`lora` {lora!r} is not valid LoraConfig arguments: {err}.") from err
             model = get_peft_model(model, lora_config)
         self.model = model
-
-    def forward(self, **batch):
-        return self.model(**batch)
-
-    def training_step(self, batch, batch_idx: int):
-        loss = self(**batch).loss
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss = self(**batch).loss

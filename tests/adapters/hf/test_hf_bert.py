@@ -7,31 +7,9 @@ import torch
 
 from lightning_elastic import SearchSpaceConfig, to_supernet
 from tests.adapters.hf._tiny import (
-    Case,
     _bert,
-    cases,
-    check_export_and_reload,
-    check_grads_outside_slice,
-    check_max_config_equals_original,
     token_input,
 )
-
-CASES = cases("bert", "roberta", "distilbert")
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_max_config_equals_original(case: Case):
-    check_max_config_equals_original(case)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_export_and_reload(case: Case, tmp_path):
-    check_export_and_reload(case, tmp_path)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_grads_zero_outside_slice(case: Case):
-    check_grads_outside_slice(case)
 
 
 def test_dims_and_attributes_follow_select():

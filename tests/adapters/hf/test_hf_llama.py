@@ -8,32 +8,10 @@ import torch
 from lightning_elastic import ConfigError, SearchSpaceConfig, UnsupportedModelError, to_supernet
 from lightning_elastic.adapters.hf_llama import HFLlamaAdapter
 from tests.adapters.hf._tiny import (
-    Case,
     _decoder,
     _phi3,
-    cases,
-    check_export_and_reload,
-    check_grads_outside_slice,
-    check_max_config_equals_original,
     token_input,
 )
-
-CASES = cases("llama", "qwen2", "mistral", "phi3")
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_max_config_equals_original(case: Case):
-    check_max_config_equals_original(case)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_export_and_reload(case: Case, tmp_path):
-    check_export_and_reload(case, tmp_path)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_grads_zero_outside_slice(case: Case):
-    check_grads_outside_slice(case)
 
 
 def test_gqa_keeps_kv_heads_and_groups_in_sync():

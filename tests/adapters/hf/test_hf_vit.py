@@ -6,30 +6,8 @@ import pytest
 
 from lightning_elastic import ConversionError, SearchSpaceConfig, to_supernet
 from tests.adapters.hf._tiny import (
-    Case,
     _vit,
-    cases,
-    check_export_and_reload,
-    check_grads_outside_slice,
-    check_max_config_equals_original,
 )
-
-CASES = cases("vit")
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_max_config_equals_original(case: Case):
-    check_max_config_equals_original(case)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_export_and_reload(case: Case, tmp_path):
-    check_export_and_reload(case, tmp_path)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_grads_zero_outside_slice(case: Case):
-    check_grads_outside_slice(case)
 
 
 def test_homogeneous_vit_saves_head_dim(tmp_path):

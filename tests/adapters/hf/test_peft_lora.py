@@ -11,35 +11,14 @@ import torch
 from lightning_elastic import ConfigError, ConversionError, SearchSpaceConfig, load_subnet, to_supernet
 from tests.adapters.hf._tiny import (
     LLAMA_LORA,
-    Case,
     _decoder,
     _peft,
     _phi3,
-    cases,
-    check_export_and_reload,
-    check_grads_outside_slice,
-    check_max_config_equals_original,
     output,
     token_input,
 )
 
-CASES = cases("peft")
 LLAMA = _decoder("LlamaForCausalLM", "LlamaConfig")
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_max_config_equals_original(case: Case):
-    check_max_config_equals_original(case)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_export_and_reload(case: Case, tmp_path):
-    check_export_and_reload(case, tmp_path)
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_grads_zero_outside_slice(case: Case):
-    check_grads_outside_slice(case)
 
 
 def test_rank_dims_and_frozen_base():
