@@ -171,3 +171,17 @@ def test_lonas_llama_recipe_with_a_tiny_llama(tmp_path, sst2_like):
     check_search_outputs(tmp_path / "run" / "search", TINY_SEARCH["num_evals"], objectives=2)
     metrics = (next((tmp_path / "run").rglob("metrics.csv"))).read_text().splitlines()[0]
     assert "val_loss/max" in metrics and "val_loss/min" in metrics
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))
+def test_every_recipe_parses_and_prints_its_config(recipe, capsys):
+    """``--print_config`` resolves every class_path and type in the recipe (no training)."""
+    command = "search" if recipe == "dynast_search.yaml" else "fit"
+    configs = ["--config", str(RECIPES / "quickstart.yaml")] if command == "search" else []
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *configs, "--config", str(RECIPES / recipe), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    callbacks = [c["class_path"] for c in printed["trainer"]["callbacks"]]
+    assert "lightning_elastic.SubnetSearch" in callbacks
+    assert command == "search" or "lightning_elastic.ElasticTraining" in callbacks
