@@ -61,7 +61,9 @@ def test_subnet_search_after_fit_writes_every_output(tmp_path, data):
     heldout = summary["predictors"]["latency_ms"]["heldout"]
     assert heldout["num_samples"] == 2 and heldout["mae"] > 0
     assert {"kendall_tau", "mae", "num_samples"} <= set(summary["predictors"]["latency_ms"])
-    assert summary["settings"]["constraints"] == {"macs": 3.2e5} and len(summary["best_subnets"]) == 2
+    # export_top=2 exports the top of the front; the front's size depends on measured (noisy) latency
+    assert summary["settings"]["constraints"] == {"macs": 3.2e5}
+    assert len(summary["best_subnets"]) == min(2, len(front))
     assert search.result.best["val_acc"] == max(float(r["val_acc"]) for r in front)
     # the fit Trainer's logger received the search figures
     logged = _read_csv(next((tmp_path / "logs").rglob("metrics.csv")))
