@@ -471,6 +471,16 @@ def _parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
+def has_submodules(layer: nn.Module, paths: tuple[str, ...]) -> bool:
+    """Whether ``layer`` has every dotted submodule in ``paths`` (layout detection by structure, not class name)."""
+    try:
+        for path in paths:
+            layer.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
 def find_module(model: nn.Module, target: nn.Module) -> str | None:
     """The qualified name of ``target`` inside ``model`` ('' for the model itself)."""
     for name, module in model.named_modules():

@@ -25,6 +25,7 @@ from lightning_elastic.adapters._hf import (
     LayerLayout,
     Layout,
     find_module,
+    has_submodules,
     head_parts,
 )
 from lightning_elastic.adapters.base import Adapter
@@ -34,15 +35,6 @@ _BERT = ("attention.self.query", "attention.self.key", "attention.self.value", "
          "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
 _DISTIL = ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "sa_layer_norm",
            "ffn.lin1", "ffn.lin2", "output_layer_norm")
-
-
-def _has(layer: nn.Module, paths: tuple[str, ...]) -> bool:
-    try:
-        for path in paths:
-            layer.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
 
 
 def _bert_heads(attn: nn.Module, total: int) -> None:
@@ -63,10 +55,11 @@ def bert_layout(model: nn.Module) -> Layout | None:
     prefix = find_module(model, base) or ""
     p = f"{prefix}." if prefix else ""
     encoder = getattr(base, "encoder", None)
-    if isinstance(getattr(encoder, "layer", None), nn.ModuleList) and all(_has(x, _BERT) for x in encoder.layer):
+    if isinstance(getattr(encoder, "layer", None), nn.ModuleList) and all(
+            has_submodules(x, _BERT) for x in encoder.layer):
         layers_path, layers, names, set_heads = f"{p}encoder.layer", encoder.layer, _BERT, _bert_heads
     elif isinstance(getattr(getattr(base, "transformer", None), "layer", None), nn.ModuleList) and all(
-            _has(x, _DISTIL) for x in base.transformer.layer):
+            has_submodules(x, _DISTIL) for x in base.transformer.layer):
         layers_path, layers, names, set_heads = f"{p}transformer.layer", base.transformer.layer, _DISTIL, _distil_heads
     else:
         return None

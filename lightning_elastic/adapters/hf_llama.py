@@ -34,6 +34,7 @@ from lightning_elastic.adapters._hf import (
     Layout,
     base_linear,
     find_module,
+    has_submodules,
     head_parts,
 )
 from lightning_elastic.adapters.base import Adapter
@@ -46,15 +47,6 @@ _FUSED = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.dow
           "post_attention_layernorm")
 
 
-def _has(layer: nn.Module, paths: tuple[str, ...]) -> bool:
-    try:
-        for path in paths:
-            layer.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
-
-
 def llama_layout(model: nn.Module) -> Layout | None:
     """Where a Llama-like model keeps things, or None when ``model`` is not one."""
     base = getattr(model, "base_model", model)
@@ -62,9 +54,9 @@ def llama_layout(model: nn.Module) -> Layout | None:
     if not (isinstance(getattr(base, "embed_tokens", None), nn.Embedding) and isinstance(layers, nn.ModuleList)
             and hasattr(base, "norm") and len(layers) > 0):
         return None
-    if all(_has(layer, _LAYER) for layer in layers):
+    if all(has_submodules(layer, _LAYER) for layer in layers):
         fused = False
-    elif all(_has(layer, _FUSED) for layer in layers):
+    elif all(has_submodules(layer, _FUSED) for layer in layers):
         fused = True
     else:
         return None

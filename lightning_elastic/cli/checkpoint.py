@@ -13,15 +13,15 @@ from typing import Any
 import lightning as L
 
 from lightning_elastic.core.errors import ConfigError
-from lightning_elastic.search.checkpoint import load_checkpoint, restore_from_checkpoint
+from lightning_elastic.search.checkpoint import load_checkpoint, restore_from_checkpoint, stored_state
 from lightning_elastic.supernet.supernet import Supernet
 
 
 def supernet_state(ckpt: dict[str, Any], ckpt_path: str | Path = "") -> dict[str, Any]:
     """The ``ElasticTraining`` state stored in a checkpoint (must contain ``supernet`` info)."""
-    for state in (ckpt.get("callbacks") or {}).values():
-        if isinstance(state, dict) and isinstance(state.get("supernet"), dict):
-            return state
+    state = stored_state(ckpt)
+    if state is not None:
+        return state
     raise ConfigError(
         f"`ckpt_path` {str(ckpt_path)!r} holds no supernet state (it was not trained with ElasticTraining). "
         "HINT: pass a checkpoint from `lightning-elastic fit` with the ElasticTraining callback."

@@ -17,7 +17,8 @@ from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.supernet.supernet import Supernet, find_supernet, to_supernet
 
 
-def _stored_state(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+def stored_state(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``ElasticTraining`` state in a loaded checkpoint (it holds ``supernet`` info), or None."""
     for state in (ckpt.get("callbacks") or {}).values():
         if isinstance(state, dict) and isinstance(state.get("supernet"), dict):
             return state
@@ -54,7 +55,7 @@ def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
 def restore_from_checkpoint(pl_module: Any, ckpt: dict[str, Any], ckpt_path: str | Path = "",
                             space_config: SearchSpaceConfig | None = None) -> Supernet:
     """Convert ``pl_module`` as recorded in the loaded checkpoint ``ckpt`` and load its trained weights."""
-    state = _stored_state(ckpt)
+    state = stored_state(ckpt)
     info = (state or {}).get("supernet")
     found = find_supernet(pl_module)
     if found is not None:

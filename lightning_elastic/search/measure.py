@@ -187,27 +187,29 @@ class SubnetMeasurer:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        self._infer_input()
         if self._input_shape is None:
-            x = self._first_input()
-            if x is None:
-                raise ConfigError(
-                    "`input_shape` is None and cannot be inferred from the validation batches. "
-                    "HINT: pass input_shape=(3, 224, 224) (per sample, without the batch dim)."
-                )
-            self._input_shape = tuple(x.shape[1:])
+            raise ConfigError(
+                "`input_shape` is None and cannot be inferred from the validation batches. "
+                "HINT: pass input_shape=(3, 224, 224) (per sample, without the batch dim)."
+            )
         return self._input_shape
-
-    def _first_input(self) -> torch.Tensor | None:
-        loaders = self.val_dataloaders if isinstance(self.val_dataloaders, list | tuple) else [self.val_dataloaders]
-        return _input_batch(next(iter(loaders[0])))
 
     @property
     def input_dtype(self) -> torch.dtype:
         """dtype of synthetic inputs for MACs and latency: the validation batches' (integer for token ids)."""
-        if self._input_dtype is None:
-            x = self._first_input()
-            self._input_dtype = x.dtype if x is not None else torch.float32
+        self._infer_input()
         return self._input_dtype
+
+    def _infer_input(self) -> None:
+        """Read the first validation batch once: its dtype, and its per-sample shape unless one was given."""
+        if self._input_dtype is not None:
+            return
+        loaders = self.val_dataloaders if isinstance(self.val_dataloaders, list | tuple) else [self.val_dataloaders]
+        x = _input_batch(next(iter(loaders[0])))
+        self._input_dtype = x.dtype if x is not None else torch.float32
+        if self._input_shape is None and x is not None:
+            self._input_shape = tuple(x.shape[1:])
 
     def costs(self, cfg: Mapping[str, int]) -> dict[str, float]:
         """Exact params and MACs of ``cfg`` (cached)."""
