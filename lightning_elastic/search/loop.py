@@ -112,6 +112,7 @@ class SearchLoop:
         """Evaluate configs until the study holds ``num_evals`` real evaluations (or the space is exhausted)."""
         start = time.perf_counter()
         st.reap_stale(self.study)
+        st.sync_claims(self.study)
         bar = _Progress(self.num_evals, st.num_taken(self.study), self.progress)
         misses = 0
         try:

@@ -1,10 +1,10 @@
 """The persistent Optuna study behind a search: one trial per real evaluation.
 
-Several workers may share a study through one RDB URL. A worker *claims* a config by enqueueing it and popping a
-waiting trial (atomic in Optuna's RDB storage); if two workers raced for the same config, the later trial number
-yields (PRUNED, user attr ``skipped``) before anything is measured; so does a trial past the budget. A config is taken once a RUNNING or COMPLETE trial
-holds it, so a resumed search never re-evaluates a finished one. RUNNING trials left by a dead process on this host
-are marked FAIL on start.
+Several workers may share a study through one RDB URL. A worker *claims* a config with an atomic INSERT into the
+claims table (:mod:`lightning_elastic.search.claims`); a worker whose claim fails, or whose claim ranks past the
+budget, yields its trial (PRUNED, user attr ``skipped``) before anything is measured. A claimed config stays taken
+while its trial runs and after it completes, so a resumed search never re-evaluates a finished one; a FAILed trial
+releases its claim. RUNNING trials left by a dead process on this host are marked FAIL on start.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from lightning_elastic.core.errors import ConfigError, ElasticError
 from lightning_elastic.core.space import SearchSpace
+from lightning_elastic.search.claims import claims_of
 from lightning_elastic.search.measure import config_key
 from lightning_elastic.search.objectives import Objective
 
@@ -198,11 +199,28 @@ def real_trials(study: optuna.Study, states: Sequence[TrialState] = (TrialState.
 
 
 def taken_keys(study: optuna.Study) -> set[str]:
-    return {_key(t) for t in real_trials(study, (TrialState.COMPLETE, TrialState.RUNNING))}
+    """Keys of the configs claimed in ``study`` (running or complete): one query on the claims table."""
+    return claims_of(study).keys(study._study_id)
 
 
 def num_taken(study: optuna.Study) -> int:
     return len(taken_keys(study))
+
+
+def sync_claims(study: optuna.Study) -> int:
+    """Claim the configs of COMPLETE trials that hold no claim (a study written before claims existed).
+
+    Returns:
+        How many claims were added.
+    """
+    claims, have = claims_of(study), taken_keys(study)
+    added = 0
+    for t in real_trials(study):
+        key = _key(t)
+        if key not in have and claims.insert(study._study_id, key, t._trial_id) is not None:
+            have.add(key)
+            added += 1
+    return added
 
 
 def reap_stale(study: optuna.Study) -> int:
@@ -217,6 +235,7 @@ def reap_stale(study: optuna.Study) -> int:
         if int(pid) == os.getpid() or not _alive(int(pid)):
             study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (worker process ended)")
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            claims_of(study).release(study._study_id, t._trial_id)
             reaped += 1
     return reaped
 
@@ -235,9 +254,12 @@ def claim(study: optuna.Study, cfg: Mapping[str, int] | None, dists: Mapping[str
           taken: set[str] | None = None, budget: int | None = None) -> optuna.Trial | None:
     """Start a trial for ``cfg`` (or for the study's sampler's proposal when ``cfg`` is None).
 
+    The trial is created RUNNING with its params fixed (no WAITING trial another worker could pop), then its config
+    is claimed by an atomic INSERT; a lost claim or a claim past ``budget`` yields the trial before anything runs.
+
     Args:
         taken: the keys already taken, if the caller just read them (saves a storage round trip).
-        budget: total real evaluations wanted; a trial that another worker's claims pushed over it yields.
+        budget: total real evaluations wanted; a claim that other workers' claims pushed past it yields.
 
     Returns:
         The RUNNING trial to evaluate (its ``params`` are the config), or None when the config is already taken
@@ -247,26 +269,36 @@ def claim(study: optuna.Study, cfg: Mapping[str, int] | None, dists: Mapping[str
         key = config_key(cfg)
         if key in (taken if taken is not None else taken_keys(study)):
             return None
-        study.enqueue_trial({k: cfg[k] for k in dists}, user_attrs={"config_key": key, "worker": _worker()})
-    trial = study.ask(dict(dists))
-    key = config_key(trial.params)
-    try:
-        if cfg is None or trial.user_attrs.get("config_key") != key or trial.user_attrs.get("worker") != _worker():
-            trial.set_user_attr("config_key", key)
-            trial.set_user_attr("worker", _worker())
-    except UpdateFinishedTrialError:
-        # SQLite has no SELECT ... FOR UPDATE: two workers can pop the same waiting trial; the other one finished it
-        return None
-    # lost a race? the lowest trial number holding a config keeps it, and the first `budget` trials run
-    earlier = [t for t in real_trials(study, (TrialState.COMPLETE, TrialState.RUNNING)) if t.number < trial.number]
-    for other in earlier:
-        if _key(other) == key:
-            if other.state == TrialState.COMPLETE and cfg is None:
-                return _duplicate_complete(study, trial, other)
-            return _skip(study, trial, f"duplicate of trial {other.number}")
-    if budget is not None and len({_key(t) for t in earlier}) >= budget:
+        trial = _running_trial(study, {k: cfg[k] for k in dists}, dists, key)
+    else:
+        trial = study.ask(dict(dists))
+        key = config_key(trial.params)
+        trial.set_user_attr("config_key", key)
+        trial.set_user_attr("worker", _worker())
+    claims = claims_of(study)
+    claim_id = claims.insert(study._study_id, key, trial._trial_id)
+    if claim_id is None:
+        owner = claims.owner(study._study_id, key)
+        other = study._storage.get_trial(owner) if owner is not None else None
+        if other is not None and other.state == TrialState.COMPLETE and cfg is None:
+            return _duplicate_complete(study, trial, other)
+        return _skip(study, trial, f"duplicate of trial {other.number if other is not None else '?'}")
+    if budget is not None and claims.rank(study._study_id, claim_id) >= budget:
+        claims.release(study._study_id, trial._trial_id)
         return _skip(study, trial, "over budget")
     return trial
+
+
+def _running_trial(study: optuna.Study, params: Mapping[str, int], dists: Mapping[str, Any],
+                   key: str) -> optuna.Trial:
+    # created RUNNING with its params: unlike enqueue + ask, no other worker can pop it
+    import datetime
+
+    template = optuna.trial.FrozenTrial(
+        number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
+        datetime_complete=None, params=dict(params), distributions={k: dists[k] for k in params},
+        user_attrs={"config_key": key, "worker": _worker()}, system_attrs={}, intermediate_values={}, trial_id=-1)
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template_trial=template))
 
 
 def _skip(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
@@ -308,4 +340,5 @@ def fail(study: optuna.Study, trial: optuna.Trial, err: BaseException) -> None:
         trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
         study.tell(trial, state=TrialState.FAIL)
     except UpdateFinishedTrialError:
-        pass  # another worker finished the same trial (see `finish`)
+        return  # another worker finished the same trial (see `finish`)
+    claims_of(study).release(study._study_id, trial._trial_id)  # a failed config may be tried again

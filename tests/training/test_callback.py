@@ -135,12 +135,33 @@ def test_gradient_clipping_and_lr_scheduler_still_apply():
 
 
 def test_bf16_mixed_on_cpu():
-    module = LitClassifier()
+    """Under bf16-mixed the elastic step computes in bf16 exactly like the plain model under the same Trainer, and
+    both stay finite.
+
+    32 px inputs, not 16: at 16 px layer4's stride-2 3x3 conv sees a 1x1 map, and on CPUs with native bf16
+    (avx512_bf16 / AMX) oneDNN's bf16 weight-gradient kernel for a strided conv whose window covers only padding
+    in some taps returns garbage (inf/NaN, different from run to run), with or without elastic code; see
+    docs/testing.md. Autocast to bf16 runs on CPUs without native bf16 too (emulated), so the test means the same
+    there.
+    """
+    def run(callbacks):
+        module = LitClassifier()
+        seen = []
+        module.model.fc.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+        tr = trainer(callbacks=callbacks, max_epochs=1, precision="bf16-mixed")
+        tr.fit(module, loader(16, size=32), loader(8, size=32))
+        return module, tr, seen
+
+    plain, _, plain_out = run([])
     cb = ElasticTraining(SearchSpaceConfig(width=(0.5, 1.0)), bn_calibration_batches=1)
-    tr = trainer(callbacks=[cb], max_epochs=1, precision="bf16-mixed")
-    tr.fit(module, loader(16), loader(8))
+    elastic, tr, elastic_out = run([cb])
+    # the first forward of both runs is the max subnet on the same batch with the same weights, in bf16
+    assert plain_out[0].dtype == elastic_out[0].dtype == torch.bfloat16
+    torch.testing.assert_close(elastic_out[0], plain_out[0], rtol=0, atol=0)
+    assert {o.dtype for o in elastic_out} == {torch.bfloat16}
+    for module in (plain, elastic):
+        assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in module.parameters())
     assert torch.isfinite(tr.callback_metrics["val_loss/min"])
-    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in module.parameters())
     assert cb.subnets_trained == 8
 
 
