@@ -20,7 +20,7 @@ import optuna
 from lightning_elastic.core.space import ArchConfig, SearchSpace
 from lightning_elastic.search import study as st
 from lightning_elastic.search.loop import non_dominated_ranks
-from lightning_elastic.search.objectives import COSTS, Objective
+from lightning_elastic.search.objectives import COSTS, Objective, violations
 
 
 @dataclass
@@ -63,11 +63,22 @@ class SearchResult:
         return {"number": e.number, "config": e.config, **e.values}
 
 
-def collect(study: optuna.Study, space: SearchSpace, objectives: Sequence[Objective]) -> list[Evaluation]:
+def collect(study: optuna.Study, space: SearchSpace, objectives: Sequence[Objective],
+            constraints: Mapping[str, float]) -> list[Evaluation]:
+    """Every real evaluation of ``study``, its feasibility judged under ``constraints`` (the current ones).
+
+    Feasibility is recomputed from the stored measurements rather than read from the trials: a search resumed with
+    other constraints must not keep the old verdicts. A trial that lacks a constrained value (measured by a search
+    that did not ask for it) is infeasible: nothing says it meets the bound.
+    """
     out = []
     for t in st.real_trials(study):
-        out.append(Evaluation(t.number, {**space.max_config(), **t.params}, dict(t.user_attrs.get("measured", {})),
-                              max([0.0, *st.constraint_values(t)]),
+        measured = dict(t.user_attrs.get("measured", {}))
+        if all(name in measured for name in constraints):
+            violation = max([0.0, *violations(measured, constraints, objectives)])
+        else:
+            violation = float("inf")
+        out.append(Evaluation(t.number, {**space.max_config(), **t.params}, measured, violation,
                               float(t.user_attrs.get("eval_seconds", 0.0))))
     return out
 
