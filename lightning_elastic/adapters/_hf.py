@@ -322,11 +322,19 @@ def base_linear(model: nn.Module, path: str) -> nn.Module:
 
 
 def loadable_by_hf(model: nn.Module) -> bool:
-    """Whether ``type(model)(model.config)`` builds exactly these tensor shapes (so plain ``from_pretrained`` works)."""
+    """Whether ``type(model)(model.config)`` builds exactly these tensor shapes (so plain ``from_pretrained`` works).
+
+    Never raises: a config the class refuses (e.g. BERT with a hidden size that is not a multiple of a smaller head
+    count: 9 of 12 heads at hidden 384) means plain ``from_pretrained`` cannot load it, so the subnet is saved for
+    ``load_subnet`` instead.
+    """
     import torch
 
-    with torch.device("meta"):
-        reference = type(model)(model.config)
+    try:
+        with torch.device("meta"):
+            reference = type(model)(model.config)
+    except Exception:  # noqa: BLE001 - any refusal of the class means "not loadable by plain from_pretrained"
+        return False
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     return ours == theirs
@@ -416,12 +424,15 @@ def finalize_hf(model: nn.Module, adapter: HFTransformerAdapter, prefix: str, hf
         heads.append(base_linear(model, la.attn.o).in_features // la.attn.head_dim)  # also right for fused qkv
         mlps.append(base_linear(model, la.mlp_out).in_features)
     hidden = base_linear(model, layout.layer_list[0].attn.o).out_features if layout.layer_list else layout.hidden
-    if len(set(heads)) <= 1 and len(set(mlps)) <= 1 and heads:
+    homogeneous = len(set(heads)) <= 1 and len(set(mlps)) <= 1 and heads
+    if homogeneous:
         adapter.update_config(config, heads[0], mlps[0], hidden, layout)
-        for la in layout.layer_list:  # per-layer configs (fused attention) are no longer needed: share it again
-            attn = model.get_submodule(la.attn.module)
-            if attn.__dict__.pop(OWN_CONFIG, False):
-                attn.config = config
+    for la in layout.layer_list:
+        attn = model.get_submodule(la.attn.module)
+        # the marker is ours (not an HF attribute); a per-layer config (fused attention) stays only while layers
+        # differ, a homogeneous export shares the model's config again
+        if attn.__dict__.pop(OWN_CONFIG, False) and homogeneous:
+            attn.config = config
     quant = getattr(getattr(hf_model, "hf_quantizer", None), "quantization_config", None)
     if "gguf" in str(getattr(quant, "quant_method", "")).lower():
         # GGUF weights were dequantized to float on load: the export is a plain float model that can be saved

@@ -4,17 +4,22 @@ Dimensions:
     ``layer{i}.depth``: blocks kept in stage ``i`` (trailing blocks are skipped; block 0 changes shape, never skipped).
     ``layer{i}.{j}.width``: the bottleneck (inner) width of block ``j`` — conv1/conv2 outputs of a Bottleneck, conv1
         output of a BasicBlock.
+
+ResNeXt blocks (grouped 3x3 convs) keep their width: prefix-slicing a grouped conv would cut whole groups, not
+channels per group. Their width dims exist at full size only, so ``width='auto'`` gives a depth-only space,
+``exclude=['*.width']`` / ``width=None`` are accepted, and an explicit width list or override is an error.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 from torch import nn
 
 from lightning_elastic.adapters._build import OpSpecs, couple_in, couple_out
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
-from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
+from lightning_elastic.core.config import SearchSpaceConfig, check_explicit_fields, resolve_choices
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConversionError
 from lightning_elastic.core.registry import register_adapter
@@ -44,6 +49,7 @@ class TimmResNetAdapter(Adapter):
 
         plan = ConversionPlan(meta=self.describe(model))
         specs = OpSpecs(model)
+        fulls: dict[str, list[int]] = {"width": [], "depth": []}
         for stage_idx in range(1, 5):
             stage_name = f"layer{stage_idx}"
             stage = getattr(model, stage_name, None)
@@ -52,6 +58,7 @@ class TimmResNetAdapter(Adapter):
             n = len(stage)
             depth = ElasticDim(f"{stage_name}.depth", resolve_choices(config.depth, n, None, "depth")
                                if config.depth != "auto" else auto_depth(n), n, kind="depth")
+            fulls["depth"].append(n)
             plan.dims.append(depth)
             plan.replace(stage_name, lambda m, d=depth: ElasticSequential.from_module(m, d))
             for j, block in enumerate(stage):
@@ -70,14 +77,15 @@ class TimmResNetAdapter(Adapter):
                         "Bottleneck. HINT: register an adapter for this block type."
                     )
                 full = block.conv1.out_channels
-                choices = resolve_choices(config.width, full, AUTO_WIDTH, "width")
-                groups = [getattr(block, c).groups for c in convs + [nxt[convs[-1]]]]
-                if any(g > 1 for g in groups) and len(choices) > 1:
-                    raise ConversionError(
-                        f"{prefix} uses grouped convolutions (groups={max(groups)}, ResNeXt-style); elastic width "
-                        "of grouped convs is not supported. HINT: pass width=None or exclude '*.width'."
-                    )
-                dim = ElasticDim(f"{prefix}.width", choices, full, kind="width")
+                fulls["width"].append(full)
+                name = f"{prefix}.width"
+                groups = max(getattr(block, c).groups for c in convs + [nxt[convs[-1]]])
+                if groups > 1:
+                    # ResNeXt: the dim exists (so names, `exclude` and `overrides` globs match) but stays full
+                    _check_grouped(name, groups, full, config)
+                    plan.dims.append(ElasticDim(name, [full], full, kind="width"))
+                    continue
+                dim = ElasticDim(name, resolve_choices(config.width, full, AUTO_WIDTH, "width"), full, kind="width")
                 plan.dims.append(dim)
                 for conv in convs:
                     group = dim.couple()
@@ -87,6 +95,7 @@ class TimmResNetAdapter(Adapter):
                     couple_out(group, getattr(block, conv))
                     couple_out(group, getattr(block, bns[conv]))
                     couple_in(group, getattr(block, nxt[conv]))
+        check_explicit_fields(config, fulls, self.name)
         specs.emit(plan)
         return plan
 
@@ -100,6 +109,25 @@ class TimmResNetAdapter(Adapter):
 
     def build_original(self, meta: dict[str, Any]) -> nn.Module:
         return build_timm(meta)
+
+
+def _matches(name: str, pattern: str) -> bool:
+    return name == pattern or fnmatch.fnmatchcase(name, pattern)
+
+
+def _check_grouped(name: str, groups: int, full: int, config: SearchSpaceConfig) -> None:
+    """A grouped-conv block's width must stay full: refuse a width list or override that asks for more."""
+    if any(_matches(name, p) for p in config.exclude):
+        return
+    asked = next(((f"`overrides[{p!r}]`", c) for p, c in config.overrides.items() if _matches(name, p)), None)
+    if asked is None and config.width not in ("auto", None):
+        asked = (f"`width`={config.width!r}", resolve_choices(config.width, full, None, "width"))
+    if asked is not None and set(asked[1]) - {full}:
+        raise ConversionError(
+            f"{asked[0]} asks for an elastic width of {name} (full {full}), which uses grouped convolutions "
+            f"(groups={groups}, ResNeXt-style); allowed there: the full width only. HINT: pass width=None or "
+            "exclude=['*.width'] (stage depth stays elastic), or width='auto', which keeps grouped blocks at full width."
+        )
 
 
 def _in_chans(model: nn.Module) -> int:

@@ -80,11 +80,6 @@ class _ElasticLayerScale(nn.Module, ElasticOp):
         (gamma,) = self.sliced("gamma")
         return x.mul_(gamma) if getattr(self, "inplace", False) else x * gamma
 
-    def export_module(self) -> nn.Module:
-        new = ElasticOp.export_module(self)
-        new.__dict__.pop("axis", None)
-        return new
-
 
 def _sliced_pos_embed(model: nn.Module, embed: ElasticDim, x: torch.Tensor) -> torch.Tensor:
     """The class's own ``_pos_embed`` on the stream zero-padded to full width, cut back to the active width."""

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from lightning_elastic.core.errors import ConfigError
 
 Spec = Literal["auto"] | Sequence[float] | None
+
+
+#: fields whose floats are ratios of the full size (<= 1) and whose integers are absolute sizes
+SIZE_FIELDS = ("width", "depth", "kernel", "heads", "embed_dim", "stage_width", "rank")
+#: fields whose values are multipliers (OFA's expand (3, 4, 6), a ViT's mlp_ratio (3.0, 4.0)): any positive number
+MULTIPLIER_FIELDS = ("expand", "mlp_ratio")
+SPEC_FIELDS = SIZE_FIELDS + MULTIPLIER_FIELDS
 
 
 def _check_spec(name: str, value: Any) -> None:
@@ -25,6 +32,42 @@ def _check_spec(name: str, value: Any) -> None:
             f"`{name}` has invalid values {bad}; allowed: positive numbers (floats <= 1 are ratios, integers "
             "absolute sizes). HINT: drop them."
         )
+    if name in MULTIPLIER_FIELDS:
+        return
+    # a float is a ratio, an int an absolute size: a list mixing them (YAML's [0.5, 0.75, 1]) or a "ratio" above 1
+    # would otherwise be read as absolute sizes and the ratios silently dropped
+    big = [v for v in value if isinstance(v, float) and v > 1.0]
+    if big:
+        raise ConfigError(
+            f"`{name}` got {tuple(value)!r}: floats are ratios of the full size and must be in (0, 1], but {big} "
+            "are above 1; allowed: ratios in (0, 1] or integer sizes. HINT: ratios such as "
+            f"{name}=(0.5, 0.75, 1.0), or absolute sizes written as integers, e.g. {name}=(32, 64)."
+        )
+    ratios = [v for v in value if isinstance(v, float)]
+    sizes = [v for v in value if isinstance(v, int)]
+    if ratios and sizes:
+        raise ConfigError(
+            f"`{name}` got {tuple(value)!r}, which mixes ratios {ratios} (floats) and absolute sizes {sizes} "
+            "(integers); allowed: all ratios in (0, 1] or all integer sizes. HINT: "
+            + (f"write the full ratio as 1.0: {name}={tuple(float(v) if v == 1 else v for v in value)!r}."
+               if sizes == [1] else f"ratios only, e.g. {name}=(0.5, 1.0), or integer sizes only, e.g. {name}={tuple(sizes)!r}.")
+        )
+
+
+def is_ratio_spec(spec: Any) -> bool:
+    """Whether a (checked) list spec holds ratios of the full size rather than absolute sizes."""
+    return all(isinstance(v, float) for v in spec) and all(v <= 1.0 for v in spec)
+
+
+def _check_globs(name: str, value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or any(not isinstance(p, str) or not p
+                                                                        for p in value):
+        example = [value] if isinstance(value, str) else ["layer1.*.width"]
+        raise ConfigError(
+            f"`{name}` got {value!r}; allowed: a list of dimension names or globs (a single string would be read "
+            f"character by character). HINT: {name}={example!r}."
+        )
+    return list(value)
 
 
 @dataclass
@@ -40,7 +83,8 @@ class SearchSpaceConfig:
         heads: attention heads (ratios or absolute counts).
         mlp_ratio: ViT MLP ratios as absolute ratios of the embedding dim, e.g. (3.0, 3.5, 4.0).
         embed_dim: embedding / hidden size (ratios or absolute).
-        stage_width: ResNet stage output widths (ratios), off by default.
+        stage_width: stage output widths (ratios); reserved, no built-in adapter builds it yet (an explicit value
+            is an error there).
         rank: LoRA ranks (absolute), for peft models.
         resolution: input resolutions; a dim the training loop uses, not the model.
         overrides: ``{dim name or glob: [choices]}`` with absolute values, applied last.
@@ -65,7 +109,7 @@ class SearchSpaceConfig:
     kernel_transform: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("width", "depth", "kernel", "expand", "heads", "mlp_ratio", "embed_dim", "stage_width", "rank"):
+        for name in SPEC_FIELDS:
             value = getattr(self, name)
             if isinstance(value, list):
                 value = tuple(value)
@@ -85,6 +129,11 @@ class SearchSpaceConfig:
                 "HINT: e.g. overrides={'layer1.*.width': [16, 32, 64]}."
             )
         for key, choices in self.overrides.items():
+            if not isinstance(key, str) or not key:
+                raise ConfigError(
+                    f"`overrides` key {key!r} is not a dimension name or glob; allowed: non-empty strings. "
+                    "HINT: e.g. overrides={'layer1.*.width': [16, 32, 64]}."
+                )
             if not isinstance(choices, Sequence) or isinstance(choices, str) or not choices or any(
                 isinstance(c, bool) or not isinstance(c, int) or c <= 0 for c in choices
             ):
@@ -93,7 +142,7 @@ class SearchSpaceConfig:
                     "HINT: overrides use absolute sizes, e.g. {'blocks.*.mlp.hidden': [384, 576, 768]}."
                 )
         self.overrides = {k: [int(c) for c in v] for k, v in self.overrides.items()}
-        self.exclude = list(self.exclude)
+        self.exclude = _check_globs("exclude", self.exclude)
         if self.importance is not None and not callable(self.importance):
             from lightning_elastic.core.importance import resolve_importance
 
@@ -131,10 +180,42 @@ def resolve_choices(spec: Spec, full: int, auto: Sequence[float] | None, name: s
         spec = auto
     if spec is None:
         return [full]
-    is_ratio = all(isinstance(v, float) for v in spec) and all(v <= 1.0 for v in spec)
-    if is_ratio:
+    if is_ratio_spec(spec):
         values = {max(minimum, int(round(v * full))) for v in spec}
     else:
         values = {int(v) for v in spec if minimum <= v <= full}
     values.add(full)
     return sorted(v for v in values if v <= full)
+
+
+def check_explicit_fields(config: SearchSpaceConfig, built: Mapping[str, Sequence[int]], family: str) -> None:
+    """Refuse list specs that would have no effect on this model, instead of silently ignoring them.
+
+    An adapter calls this from ``plan`` with ``{field: [full size of every dim that field built]}`` for the
+    fields it reads. A field given as a list that the adapter does not read (``kernel=(3, 5)`` on a ResNet), or an
+    absolute size above every full size of its field (``width=(1000,)``), is almost certainly a mistake: the first
+    would be ignored and the second dropped, and a dropped list leaves that kind of dim out of the space.
+
+    Raises:
+        ConfigError: naming the field, its value, what this model has, and a hint.
+    """
+    for name in SPEC_FIELDS:
+        value = getattr(config, name)
+        if value is None or value == "auto":
+            continue
+        if name not in built:
+            raise ConfigError(
+                f"`{name}`={value!r} was given, but the {family} adapter builds no {name!r} dimensions (it builds: "
+                f"{sorted(built)}), so it would be ignored. HINT: drop `{name}` or set it to None."
+            )
+        fulls = list(built[name])
+        if not fulls or name in MULTIPLIER_FIELDS or is_ratio_spec(value):
+            continue
+        too_big = sorted(v for v in value if v > max(fulls))
+        if too_big:
+            raise ConfigError(
+                f"`{name}` has absolute sizes {too_big} above the largest full size {max(fulls)} of this model's "
+                f"{len(fulls)} {name!r} dimensions (full sizes {sorted(set(fulls))}); they would be dropped"
+                + (f", leaving no elastic {name!r} dimension" if all(v > max(fulls) for v in value) else "")
+                + f". HINT: use sizes <= {max(fulls)}, or ratios such as {name}=(0.5, 0.75, 1.0)."
+            )

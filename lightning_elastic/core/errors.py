@@ -29,3 +29,11 @@ class RegistryError(ElasticError):
 
 class ExportError(ElasticError):
     """A subnet cannot be exported, saved or loaded."""
+
+
+class UncalibratedExportWarning(UserWarning):
+    """A BatchNorm subnet was exported with the supernet's blended running statistics, not its own.
+
+    Pass ``calibration_data`` (a few training batches) to ``Supernet.export`` / ``save_subnet`` to silence it the
+    right way.
+    """

@@ -10,6 +10,7 @@ import fnmatch
 import json
 import math
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -90,6 +91,23 @@ class SearchSpace:
         Raises:
             ConfigError: listing every unknown, missing and out-of-choice key at once.
         """
+        out, problems = self.check(cfg, strict)
+        if problems:
+            missing = strict and any(p.startswith("missing keys") for p in problems)
+            raise ConfigError(
+                "invalid architecture config: " + "; ".join(problems) + ". "
+                "HINT: `supernet.space.describe()` lists every dimension and its choices"
+                + ("; pass strict=False to fill missing keys with their max." if missing else ".")
+            )
+        return out
+
+    def check(self, cfg: Any, strict: bool = True) -> tuple[ArchConfig, list[str]]:
+        """``(complete config, problems)``: what :meth:`validate` checks, for callers that word their own error
+        (the command line, which has no ``strict`` option).
+
+        Raises:
+            ConfigError: ``cfg`` is not a dict.
+        """
         if not isinstance(cfg, Mapping):
             raise ConfigError(
                 f"`cfg` must be a dict {{dim_name: value}}, got {type(cfg).__name__}. "
@@ -108,20 +126,15 @@ class SearchSpace:
                 out[name] = d.max
                 continue
             value = cfg[name]
-            if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or \
+                    int(value) != value:
                 problems.append(f"{name}={value!r} is not an integer (choices {list(d.choices)})")
                 continue
             if int(value) not in d.choices:
                 problems.append(f"{name}={value!r} not in choices {list(d.choices)}")
                 continue
             out[name] = int(value)
-        if problems:
-            raise ConfigError(
-                "invalid architecture config: " + "; ".join(problems) + ". "
-                "HINT: `supernet.space.describe()` lists every dimension and its choices; pass strict=False to "
-                "fill missing keys with their max."
-            )
-        return out
+        return out, problems
 
     def apply(self, cfg: ArchConfig) -> None:
         """Set every dim's active value (no validation; use :meth:`validate` first)."""

@@ -30,3 +30,16 @@ def existing_file(name: str, path: str | Path | None, *, optional: bool = False)
             f"(relative paths are resolved from {Path.cwd()})."
         )
     return p
+
+
+def warn_single_class(split: str, classes: set, source: str) -> None:
+    """Warn when a labelled split holds one class only (a wrong label column or folder layout, usually): training
+    and searching on it run, but the accuracy they report means nothing."""
+    if len(classes) == 1:
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"the {split} labels of {source} hold a single class ({next(iter(classes))!r}): accuracy on them cannot "
+            "tell subnets apart. HINT: check the label column / class folders of that split.",
+            category=UserWarning,
+        )

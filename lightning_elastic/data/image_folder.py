@@ -8,7 +8,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from lightning_elastic.core.errors import ConfigError
-from lightning_elastic.data._common import check_positive
+from lightning_elastic.data._common import check_positive, warn_single_class
 
 
 class ImageFolderDataModule(L.LightningDataModule):
@@ -36,6 +36,8 @@ class ImageFolderDataModule(L.LightningDataModule):
                     f"`root` {root!r} has no {split!r} sub-folder. HINT: lay images out as "
                     f"root/train/<class>/<image> and root/val/<class>/<image>."
                 )
+        warn_single_class("validation", {p.name for p in (self.root / "val").iterdir() if p.is_dir()},
+                          f"`root` {root!r} (class folders of val/)")
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.mean, self.std = mean, std
 

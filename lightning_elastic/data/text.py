@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_elastic.core.errors import ConfigError
-from lightning_elastic.data._common import check_positive, existing_file
+from lightning_elastic.data._common import check_positive, existing_file, warn_single_class
 
 
 def read_table(path: Path, text_column: str, label_column: str | None,
@@ -93,6 +93,8 @@ class TextClassificationDataModule(L.LightningDataModule):
             enc = {k: v for k, v in enc.items()}
             enc["labels"] = torch.tensor(labels, dtype=torch.long)
             labels_seen |= set(labels)
+            if split == "val":
+                warn_single_class("validation", set(labels), f"`val_file` {str(path)!r}")
             self._data[split] = _Encoded(enc)
         self.num_labels = max(labels_seen) + 1
 

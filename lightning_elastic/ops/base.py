@@ -23,10 +23,11 @@ from torch import nn
 
 from lightning_elastic.core import dims as _dims
 from lightning_elastic.core.dims import ElasticDim
+from lightning_elastic.core.errors import ExportError
 from lightning_elastic.core.slicing import slice_axis
 
-#: instance attributes of elastic ops that a plain exported module must not inherit
-_OP_STATE = ("_slices", "_base_cls", "_dims_memo", "_plan_memo")
+#: the attribute where an op records the ``__dict__`` keys of the module it replaced (see :meth:`ElasticOp._adopt`)
+PLAIN_KEYS = "_plain_keys"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class ElasticOp:
         new.__dict__.update(state)
         new._slices = {}
         new._base_cls = type(module)
+        # what a plain module of this class holds: export keeps exactly these keys and drops everything the
+        # conversion added (axes, dims, caches), which would otherwise keep the full supernet tensors reachable
+        new.__dict__[PLAIN_KEYS] = frozenset(module.__dict__)
         return new
 
     def _axes(self) -> list[Axis]:
@@ -170,17 +174,22 @@ class ElasticOp:
         self.__dict__.pop("_plan_memo", None)
 
     def export_module(self) -> nn.Module:
-        """A plain module of the original class with physically smaller tensors for the active sizes."""
+        """A plain module of the original class with physically smaller tensors for the active sizes.
+
+        Its ``__dict__`` holds exactly the keys of the module this op replaced (ModelOpt's export contract).
+
+        Raises:
+            ExportError: an op subclass left attributes of its own on the export (a bug in that op).
+        """
+        plain = self.__dict__[PLAIN_KEYS]
         new = self._base_cls.__new__(self._base_cls)
-        state = {k: v for k, v in self.__dict__.items() if k not in _OP_STATE}
-        state = copy.copy(state)
-        for key in ("_parameters", "_buffers", "_modules"):
-            state[key] = dict(state[key])
+        # dict-valued state (tensors, submodules, hook tables) is copied so the export shares no table with the op
+        state = {k: (copy.copy(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items() if k in plain}
         new.__dict__.update(state)
         with torch.no_grad():
             for name in list(self._parameters):
                 p = self._parameters[name]
-                if p is not None:
+                if p is not None and name in new._parameters:
                     t = self._slice(name).detach().clone().contiguous()
                     new._parameters[name] = nn.Parameter(t, requires_grad=p.requires_grad)
             for name in list(self._buffers):
@@ -190,7 +199,18 @@ class ElasticOp:
                 elif b is not None:
                     new._buffers[name] = b.detach().clone()
         self._export_attributes(new)
+        check_plain_keys(new, plain, type(self).__name__)
         return new
 
     def _export_attributes(self, new: nn.Module) -> None:
         """Update size attributes (``in_features`` …) on the exported module."""
+
+
+def check_plain_keys(module: nn.Module, plain: frozenset[str], op_name: str) -> None:
+    """Raise if ``module`` holds ``__dict__`` keys beyond ``plain`` (what the module it came from held)."""
+    extra = sorted(set(module.__dict__) - plain)
+    if extra:
+        raise ExportError(
+            f"the export of a {op_name} kept attributes {extra} that a plain {type(module).__name__} does not have. "
+            "HINT: this is a bug in the op: set only existing attributes in `_export_attributes`."
+        )

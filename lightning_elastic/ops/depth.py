@@ -11,15 +11,33 @@ from __future__ import annotations
 from torch import nn
 
 from lightning_elastic.core.dims import ElasticDim
+from lightning_elastic.ops.base import PLAIN_KEYS, check_plain_keys
 
 
 class _DepthMixin:
     depth: ElasticDim
     order: list[int]
 
-    def _init_depth(self, depth: ElasticDim, order: list[int] | None) -> None:
+    def _adopt_container(self, module: nn.Module, depth: ElasticDim, order: list[int] | None) -> None:
+        state = module.__dict__.copy()
+        state["_modules"] = dict(state["_modules"])
+        self.__dict__.update(state)
+        self.__dict__[PLAIN_KEYS] = frozenset(module.__dict__)
+        self.__dict__["_base_cls"] = type(module)
         self.depth = depth
         self.order = list(order) if order is not None else list(range(depth.full))
+
+    def export_module(self) -> nn.Module:
+        """A plain container of the original class holding the kept blocks, renumbered ``0..d-1`` (as a model
+        built with depth ``d`` names them); its ``__dict__`` holds exactly the original container's keys."""
+        plain = self.__dict__[PLAIN_KEYS]
+        cls = self.__dict__["_base_cls"]
+        new = cls.__new__(cls)
+        new.__dict__.update({k: (v.copy() if isinstance(v, dict) else v) for k, v in self.__dict__.items()
+                             if k in plain})
+        new._modules = {str(i): m for i, m in enumerate(self.active_modules())}
+        check_plain_keys(new, plain, type(self).__name__)
+        return new
 
     def active_indices(self) -> list[int]:
         return sorted(self.order[: self.depth.active])
@@ -38,10 +56,7 @@ class ElasticSequential(nn.Sequential, _DepthMixin):
     @classmethod
     def from_module(cls, module: nn.Sequential, depth: ElasticDim, order: list[int] | None = None) -> ElasticSequential:
         new = cls.__new__(cls)
-        state = module.__dict__.copy()
-        state["_modules"] = dict(state["_modules"])
-        new.__dict__.update(state)
-        new._init_depth(depth, order)
+        new._adopt_container(module, depth, order)
         return new
 
     def forward(self, x):
@@ -62,10 +77,6 @@ class ElasticSequential(nn.Sequential, _DepthMixin):
             return nn.Sequential(*self.active_modules()[idx])
         return self.active_modules()[idx]
 
-    def export_module(self) -> nn.Sequential:
-        names = list(self._modules)
-        return nn.Sequential(*[self._modules[names[i]] for i in self.active_indices()])
-
 
 class ElasticModuleList(nn.ModuleList, _DepthMixin):
     """``nn.ModuleList`` whose iteration and slicing see only the kept layers (``len`` too)."""
@@ -73,10 +84,7 @@ class ElasticModuleList(nn.ModuleList, _DepthMixin):
     @classmethod
     def from_module(cls, module: nn.ModuleList, depth: ElasticDim, order: list[int] | None = None) -> ElasticModuleList:
         new = cls.__new__(cls)
-        state = module.__dict__.copy()
-        state["_modules"] = dict(state["_modules"])
-        new.__dict__.update(state)
-        new._init_depth(depth, order)
+        new._adopt_container(module, depth, order)
         return new
 
     def __iter__(self):
@@ -89,6 +97,3 @@ class ElasticModuleList(nn.ModuleList, _DepthMixin):
         if isinstance(idx, slice):
             return nn.ModuleList(self.active_modules()[idx])
         return self.active_modules()[idx]
-
-    def export_module(self) -> nn.ModuleList:
-        return nn.ModuleList(self.active_modules())

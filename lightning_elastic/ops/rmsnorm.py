@@ -49,12 +49,8 @@ class ElasticRMSNorm(nn.Module, ElasticOp):
             return (h * (self._offset + weight.float())).to(dtype)
         return weight * h.to(dtype)
 
-    def export_module(self) -> nn.Module:
-        new = ElasticOp.export_module(self)
-        for attr in ("_eps", "_offset", "axis"):
-            new.__dict__.pop(attr, None)
+    def _export_attributes(self, new: nn.Module) -> None:
         if isinstance(new, nn.RMSNorm):
             new.normalized_shape = (self.axis.active_size,)
         if hasattr(new, "hidden_size"):
             new.hidden_size = self.axis.active_size
-        return new

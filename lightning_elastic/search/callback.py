@@ -45,7 +45,8 @@ class SubnetSearch(Callback):
         latency_device / latency_batch_size / latency_of: where and how latency is timed (``"export"`` or
             ``"supernet"``); latency_min_run_time: seconds of timing per subnet.
         input_shape: per-sample input shape for MACs and latency (default: from the first validation batch).
-        bn_calibration_batches: training batches used to re-estimate BatchNorm statistics per subnet.
+        bn_calibration_batches: training batches used to re-estimate BatchNorm statistics per subnet: a fixed,
+            seeded draw (the one ``ElasticTraining`` validates with), also used for the exported subnets.
         seed: seeds sampling, samplers and predictors. progress: progress bar and final table.
 
     The same search runs later, without training, through :meth:`run` (what ``lightning-elastic search`` calls after

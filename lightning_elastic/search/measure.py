@@ -4,10 +4,19 @@ Accuracy runs the user's own validation loop through a lightweight ``L.Trainer.v
 bar, one device) rather than calling ``validation_step`` by hand: ``self.log`` only works inside a Trainer loop, and
 the Trainer also runs ``on_validation_epoch_end``, torchmetrics reduction and the dataloader plumbing the user wrote.
 One Trainer is built once and reused for every subnet; its overhead is reported by ``benchmarks/bench_search.py``.
-BatchNorm statistics are re-estimated per subnet on a fixed list of training batches (the same for every subnet).
+That Trainer is bare: callbacks the module brings through ``configure_callbacks`` are left out (``ElasticModule``'s
+``ElasticTraining`` would validate other subnets and select its own; a weight-averaging callback would swap weights),
+so a measurement sees exactly the requested subnet, once.
+
+BatchNorm statistics are re-estimated per subnet on a fixed calibration set: the first batches of
+:func:`~lightning_elastic.training.calibration.calibration_loader` over the training data, drawn with a fixed seed, so
+the same subnet measures the same whatever the global RNG (workers sharing a study, resumed searches), and as
+``ElasticTraining`` validated it during training (same draw, same batches). :meth:`SubnetMeasurer.save_subnet`
+exports with statistics estimated on these same batches.
 
 Params and MACs come from one batch-1 forward of the *selected* supernet under ``FlopCounterMode`` (MACs = FLOPs / 2):
 elastic ops compute with prefix slices, so the count equals the exported model's (tested) without the export copy.
+They count what ships: for a peft LoRA supernet that is the export's merged model (see :func:`count_costs`).
 Latency is timed with ``torch.utils.benchmark`` on the exported subnet by default, since that is what ships.
 """
 
@@ -15,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from itertools import islice
 from typing import Any
@@ -24,12 +33,19 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from lightning_elastic.adapters._hf import is_lora_layer
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.core.space import ArchConfig
 from lightning_elastic.ops.base import ElasticOp
 from lightning_elastic.search.objectives import COSTS
+from lightning_elastic.supernet.resize import resized_inputs
 from lightning_elastic.supernet.supernet import Supernet
-from lightning_elastic.training.calibration import default_forward, recalibrated_bn
+from lightning_elastic.training.calibration import calibration_loader, default_forward, recalibrated_bn
+
+__all__ = ["SubnetMeasurer", "config_key", "count_costs", "example_input", "measure_latency", "resized_inputs"]
+
+#: the seed of the calibration draw; ElasticTraining's default ``seed`` draws the same batches during training
+CALIBRATION_SEED = 0
 
 
 def config_key(cfg: Mapping[str, int]) -> str:
@@ -49,28 +65,6 @@ def _input_batch(x: Any) -> torch.Tensor | None:
     return None
 
 
-@contextmanager
-def resized_inputs(model: nn.Module, resolution: int | None) -> Iterator[None]:
-    """Resize 4-D image inputs to ``resolution`` px (bilinear) inside the block: the elastic ``resolution`` dim."""
-    if resolution is None:
-        yield
-        return
-
-    def hook(_module, args):
-        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4 and args[0].is_floating_point():
-            x = args[0]
-            if x.shape[-1] != resolution or x.shape[-2] != resolution:
-                x = nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
-            return (x, *args[1:])
-        return None
-
-    handle = model.register_forward_pre_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def example_input(input_shape: tuple[int, ...], batch_size: int = 1, dtype: torch.dtype = torch.float32,
                   device: Any = "cpu") -> torch.Tensor:
     """A synthetic model input: standard-normal floats for images, token id 0 for integer inputs (token ids)."""
@@ -84,7 +78,9 @@ def count_costs(supernet: Supernet, cfg: Mapping[str, int], input_shape: tuple[i
     """Exact ``params`` and ``macs`` of subnet ``cfg`` at batch 1 (one forward of the selected supernet).
 
     Params are those of the modules the forward actually runs (skipped blocks excluded), with elastic ops counted
-    at their active slice, each Parameter once.
+    at their active slice, each Parameter once. Both count the model that ships: peft LoRA layers run as their base
+    layer only, since export merges each adapter into its base weights (``save_subnet``'s main model is the merged
+    one; the optional ``peft_adapter/`` folder holds the same weights in unmerged form and is not counted again).
 
     Example:
         >>> count_costs(net, net.min_config(), (3, 32, 32))  # doctest: +SKIP
@@ -98,7 +94,7 @@ def count_costs(supernet: Supernet, cfg: Mapping[str, int], input_shape: tuple[i
     was_training = model.training
     try:
         model.eval()
-        with supernet.subnet(cfg), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with supernet.subnet(cfg), _merged_lora(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(example_input(shape, 1, dtype, device))
     finally:
         for h in hooks:
@@ -112,6 +108,27 @@ def count_costs(supernet: Supernet, cfg: Mapping[str, int], input_shape: tuple[i
                     continue
                 seen[id(p)] = module._slice(name).numel() if isinstance(module, ElasticOp) else p.numel()
     return {"params": float(sum(seen.values())), "macs": counter.get_total_flops() / 2.0}
+
+
+@contextmanager
+def _merged_lora(model: nn.Module) -> Iterator[None]:
+    """Inside the block peft LoRA layers compute as their merged export does: base layer only (no adapter matmuls).
+
+    peft's ``disable_adapters`` flag is set directly rather than through ``enable_adapters(False)``, which would also
+    change the adapters' ``requires_grad``.
+    """
+    layers = [m for m in model.modules() if is_lora_layer(m) and hasattr(m, "_disable_adapters")]
+    saved = [m.__dict__.get("_disable_adapters") for m in layers]
+    for m in layers:
+        m._disable_adapters = True
+    try:
+        yield
+    finally:
+        for m, value in zip(layers, saved):
+            if value is None:
+                m.__dict__.pop("_disable_adapters", None)
+            else:
+                m._disable_adapters = value
 
 
 def _shape_at(input_shape: tuple[int, ...], resolution: int | None) -> tuple[int, ...]:
@@ -140,13 +157,17 @@ class SubnetMeasurer:
         pl_module: the user's LightningModule holding the converted model.
         supernet: its :class:`Supernet` (``find_supernet(pl_module)[1]``).
         val_dataloaders: the validation dataloader(s) the user's validation loop runs on.
-        calibration_batches: training batches for BatchNorm recalibration (a dataloader or list), or None.
+        calibration_batches: training data for BatchNorm recalibration (a dataloader or list of batches), or None.
+            A DataLoader is re-drawn with a fixed seed (:func:`calibration_loader`); its first
+            ``bn_calibration_batches`` batches are the calibration set of every subnet.
         names: which quantities to measure (metric names, ``params``, ``macs``, ``latency_ms``).
         bn_calibration_batches: how many calibration batches per subnet (0 disables recalibration).
         input_shape: per-sample input shape, e.g. ``(3, 224, 224)``; None infers it from the first val batch.
         latency_device / latency_batch_size / latency_of: where and how latency is timed (``"export"`` or
             ``"supernet"``).
         accelerator: accelerator of the validation Trainer (default: where ``pl_module`` lives).
+        calibration_seed: seed of the calibration draw (default: the one ``ElasticTraining`` uses).
+        forward_fn: ``(model, batch) -> output`` for calibration (default: first element / dict inputs).
 
     Example:
         >>> m = SubnetMeasurer(model, net, dm.val_dataloader(), dm.train_dataloader(), ["val_acc", "macs"])
@@ -157,7 +178,8 @@ class SubnetMeasurer:
     def __init__(self, pl_module: Any, supernet: Supernet, val_dataloaders: Any, calibration_batches: Any,
                  names: Iterable[str], bn_calibration_batches: int = 10, input_shape: tuple[int, ...] | None = None,
                  latency_device: str = "cpu", latency_batch_size: int = 1, latency_of: str = "export",
-                 latency_min_run_time: float = 0.1, accelerator: str | None = None) -> None:
+                 latency_min_run_time: float = 0.1, accelerator: str | None = None,
+                 calibration_seed: int = CALIBRATION_SEED, forward_fn: Callable | None = None) -> None:
         self.pl_module = pl_module
         self.supernet = supernet
         self.val_dataloaders = val_dataloaders
@@ -171,7 +193,8 @@ class SubnetMeasurer:
         device = next(supernet.model.parameters()).device
         self.accelerator = accelerator or ("gpu" if device.type == "cuda" else "cpu")
         self._device = device
-        self._calibration = self._take(calibration_batches, bn_calibration_batches)
+        self.forward_fn = forward_fn or default_forward
+        self._calibration = self._take(calibration_batches, bn_calibration_batches, calibration_seed)
         self._input_shape = tuple(input_shape) if input_shape is not None else None
         self._input_dtype: torch.dtype | None = None  # token-id inputs (text models) come from the first val batch
         self._trainer = None
@@ -179,11 +202,15 @@ class SubnetMeasurer:
         self.timings: dict[str, float] = {"validate_s": 0.0, "costs_s": 0.0, "latency_s": 0.0}
 
     @staticmethod
-    def _take(batches: Any, n: int) -> list[Any]:
-        # a fixed list: every subnet is calibrated on the same batches, and a shuffling loader is iterated once
+    def _take(batches: Any, n: int, seed: int) -> list[Any]:
+        # a fixed list: every subnet is calibrated on the same batches, and the loader is iterated once. The draw is
+        # seeded (a rebuilt loader's own generator; the global RNG for loaders that cannot be rebuilt), so it does not
+        # depend on what ran before; training's random stream is left as it was.
         if batches is None or n <= 0:
             return []
-        return list(islice(iter(batches), n))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return list(islice(iter(calibration_loader(batches, seed)), n))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -239,7 +266,7 @@ class SubnetMeasurer:
     def latency(self, cfg: ArchConfig) -> float:
         shape = _shape_at(self.input_shape, self.supernet.resolution(cfg))
         if self.latency_of == "export":
-            model = self.supernet.export(cfg)
+            model = self.supernet.export(cfg, calibration_data="current")  # statistics do not change the timing
             return measure_latency(model, shape, self.latency_batch_size, self.latency_device,
                                    self.latency_min_run_time, dtype=self.input_dtype)
         with self.supernet.subnet(cfg):
@@ -249,17 +276,30 @@ class SubnetMeasurer:
     @contextmanager
     def calibrated(self, cfg: Mapping[str, int]) -> Iterator[None]:
         """Inside the block, subnet ``cfg`` is active with its recalibrated BN statistics (as measured)."""
-        calibration = [_to_device(b, self._device) for b in self._calibration]
+        calibration = (_to_device(b, self._device) for b in self._calibration)  # one batch on the device at a time
         model = self.supernet.model
         res = resized_inputs(model, self.supernet.resolution(cfg)) if "resolution" in self.supernet.space else None
-        with self.supernet.subnet(cfg), (res or nullcontext()), recalibrated_bn(model, calibration, len(calibration),
-                                                                              default_forward):
+        with self.supernet.subnet(cfg), (res or nullcontext()), recalibrated_bn(
+                model, calibration, len(self._calibration), self.forward_fn):
             yield
 
-    def save_subnet(self, cfg: Mapping[str, int], directory: Any) -> None:
-        """Export ``cfg`` with the BN statistics it was measured with (not the supernet's blended ones)."""
-        with self.calibrated(cfg):
-            self.supernet.save_subnet(directory, cfg)
+    def save_subnet(self, cfg: Mapping[str, int], directory: Any) -> nn.Module:
+        """Write exactly the subnet :meth:`measure` measures to ``directory`` (see ``Supernet.save_subnet``).
+
+        BatchNorm statistics are estimated on this measurer's calibration set, the batches its measurements used,
+        so the saved model measures what the search reported. With ``bn_calibration_batches=0`` the supernet's own
+        statistics were measured, and are saved.
+
+        Returns:
+            The exported model.
+        """
+        cfg = self.supernet.space.validate(cfg)
+        if self.bn_calibration_batches == 0:
+            data: Any = "current"
+        else:  # no training data: export warns that the statistics are the supernet's blend
+            data = self._calibration or None
+        return self.supernet.save_subnet(directory, cfg, calibration_data=data, calibration_batches=len(data or []),
+                                         forward_fn=self.forward_fn)
 
     def _validation_trainer(self, limit_batches: int | None = None):
         import lightning as L
@@ -280,8 +320,9 @@ class SubnetMeasurer:
         """The user's validation loop on the active subnet: ``{logged name: value}`` (dataloader suffix dropped too)."""
         previous_trainer = getattr(self.pl_module, "_trainer", None)
         try:
-            results = self._validation_trainer(limit_batches).validate(self.pl_module, dataloaders=self.val_dataloaders,
-                                                                       verbose=False)
+            with _without_module_callbacks(self.pl_module):
+                results = self._validation_trainer(limit_batches).validate(
+                    self.pl_module, dataloaders=self.val_dataloaders, verbose=False)
         finally:
             # Trainer.validate re-points pl_module.trainer; give the fit Trainer back to the caller
             self.pl_module._trainer = previous_trainer
@@ -324,6 +365,23 @@ class SubnetMeasurer:
         self.timings["validate_s"] += time.perf_counter() - start
         self._check_logged(logged)
         return {n: logged[n] for n in self.metric_names}
+
+
+_MISSING = object()
+
+
+@contextmanager
+def _without_module_callbacks(pl_module: Any) -> Iterator[None]:
+    """Inside the block Lightning attaches none of the module's ``configure_callbacks`` to a Trainer it runs."""
+    saved = pl_module.__dict__.get("configure_callbacks", _MISSING)
+    pl_module.configure_callbacks = lambda: []
+    try:
+        yield
+    finally:
+        if saved is _MISSING:
+            pl_module.__dict__.pop("configure_callbacks", None)
+        else:
+            pl_module.__dict__["configure_callbacks"] = saved
 
 
 @contextmanager

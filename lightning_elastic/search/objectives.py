@@ -18,6 +18,12 @@ COSTS = ("params", "macs", "latency_ms")
 EXACT_COSTS = ("params", "macs")
 
 
+#: directions people write for max / min (Optuna's "maximize", pandas-style "asc"/"desc"...)
+_DIRECTION_SYNONYMS = {"maximize": "max", "maximise": "max", "maximum": "max", "higher": "max", "desc": "max",
+                       "minimize": "min", "minimise": "min", "minimum": "min", "lower": "min", "asc": "min",
+                       "+": "max", "-": "min", "up": "max", "down": "min"}
+
+
 @dataclass(frozen=True)
 class Objective:
     """One objective: a name and a direction (``"max"`` or ``"min"``)."""
@@ -61,9 +67,14 @@ def parse_objectives(objectives: Sequence[str] | str) -> list[Objective]:
     for item in objectives:
         name, sep, direction = str(item).rpartition(":")
         if not isinstance(item, str) or not sep or not name or direction not in ("max", "min"):
+            # the hint repeats the name only: 'val_acc:maximize' must become 'val_acc:max', not 'val_acc:maximize:max'
+            base = (name if sep else str(item)).strip() or "val_acc"
+            synonym = _DIRECTION_SYNONYMS.get(direction.strip().lower()) if sep else None
+            hint = (f"write '{base}:{synonym}'" if synonym else
+                    f"write '{base}:max' for a metric to maximise (accuracy) or '{base}:min' for a cost")
             raise ConfigError(
                 f"`objectives` entry {item!r} has no valid direction; allowed: 'name:max' or 'name:min'. "
-                f"HINT: write '{item}:max' for a metric to maximise (accuracy) or '{item}:min' for a cost."
+                f"HINT: {hint}."
             )
         if name in COSTS and direction == "max":
             raise ConfigError(

@@ -99,6 +99,8 @@ class SearchSettings:
                 raise ConfigError(f"`input_shape` got {self.input_shape!r}; allowed: positive ints per sample. "
                                   "HINT: input_shape=(3, 224, 224), without the batch dim.")
             self.input_shape = shape
+        if self.output_dir is not None:
+            check_output_dir("output_dir", self.output_dir)
         if not isinstance(self.study_name, str) or not self.study_name:
             raise ConfigError(f"`study_name` got {self.study_name!r}; allowed: a non-empty string. HINT: 'search-1'.")
         if self.storage is not None and (not isinstance(self.storage, str) or "://" not in self.storage):
@@ -174,10 +176,9 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
             written, no evaluated subnet satisfies ``constraints`` (the message names the closest one).
     """
     output_dir = Path(settings.output_dir or "outputs/search")
-    names = [o.name for o in settings.parsed] + list(settings.constraints)
-    measurer = SubnetMeasurer(pl_module, supernet, val_dataloaders, train_dataloaders, dict.fromkeys(names),
-                              settings.bn_calibration_batches, settings.input_shape, settings.latency_device,
-                              settings.latency_batch_size, settings.latency_of, settings.latency_min_run_time)
+    check_output_dir("output_dir", output_dir)
+    warn_if_single_class(val_dataloaders)
+    measurer = build_measurer(pl_module, supernet, val_dataloaders, train_dataloaders, settings)
     space = supernet.space
     # everything that can be checked before the study exists is checked here: no study with wrong objectives
     measurer.check_metrics()
@@ -200,9 +201,9 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
     except BaseException:
         # the finished evaluations are in the study already; also leave them where users look first
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_csv(output_dir / "evaluations.csv", collect(study, space, settings.parsed), space)
+        write_csv(output_dir / "evaluations.csv", collect(study, space, settings.parsed, settings.constraints), space)
         raise
-    evals = collect(study, space, settings.parsed)
+    evals = collect(study, space, settings.parsed, settings.constraints)
     front = pareto_front(evals, settings.parsed)
     summary = {"settings": settings.to_dict(), "space": {"num_subnets": space.num_subnets, "dims": space.describe()},
                "study": {"storage": st._redact(storage), "study_name": study.study_name},
@@ -226,6 +227,68 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
     rank_zero_info(f"SubnetSearch: {len(evals)} evaluations, {len(front)} on the front; outputs in {output_dir}")
     return SearchResult(settings.parsed, evals, front, output_dir, exported,
                         json.loads((output_dir / "summary.json").read_text()))
+
+
+def build_measurer(pl_module: Any, supernet: Any, val_dataloaders: Any, train_dataloaders: Any,
+                   settings: SearchSettings) -> SubnetMeasurer:
+    """The :class:`SubnetMeasurer` a search with ``settings`` measures with.
+
+    The one place it is built: ``lightning-elastic export`` builds it the same way, so an exported subnet gets
+    the BatchNorm statistics (same calibration batches) the search measured it with.
+    """
+    names = [o.name for o in settings.parsed] + list(settings.constraints)
+    return SubnetMeasurer(pl_module, supernet, val_dataloaders, train_dataloaders, dict.fromkeys(names),
+                          settings.bn_calibration_batches, settings.input_shape, settings.latency_device,
+                          settings.latency_batch_size, settings.latency_of, settings.latency_min_run_time)
+
+
+def check_output_dir(name: str, path: str | Path) -> None:
+    """An output folder may exist, but must not be a file (``mkdir`` would fail after the work is done)."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(
+            f"`{name}` {str(path)!r} is an existing file; allowed: a folder (new or existing). "
+            f"HINT: pass a folder path such as {str(Path(path).with_suffix('')) + '_out'!r}, or move the file away."
+        )
+
+
+def _dataset_labels(dataset: Any) -> Any:
+    """Class labels a dataset holds without loading samples (``targets``/``labels`` attributes, a TensorDataset's
+    last tensor, tokenised ``encodings['labels']``), or None when they are not at hand."""
+    import torch
+    from torch.utils.data import Subset, TensorDataset
+
+    if isinstance(dataset, Subset):
+        labels = _dataset_labels(dataset.dataset)
+        return None if labels is None else torch.as_tensor(labels)[torch.as_tensor(dataset.indices)]
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        labels = dataset.tensors[-1]
+    else:
+        encodings = getattr(dataset, "encodings", None)
+        labels = encodings.get("labels") if isinstance(encodings, Mapping) else None
+        for attr in ("targets", "labels"):
+            if labels is None and isinstance(getattr(dataset, attr, None), list | torch.Tensor):
+                labels = getattr(dataset, attr)
+    labels = torch.as_tensor(labels) if isinstance(labels, list) else labels
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.is_floating_point():
+        return None  # regression targets, token labels of a language model: not classes
+    return labels
+
+
+def warn_if_single_class(val_dataloaders: Any) -> None:
+    """Warn when the validation labels (where cheap to read) hold one class: accuracy then only counts how often
+    a subnet predicts that class, so the search ranks subnets by something else than telling classes apart."""
+    loaders = val_dataloaders if isinstance(val_dataloaders, list | tuple) else [val_dataloaders]
+    for i, loader in enumerate(loaders):
+        labels = _dataset_labels(getattr(loader, "dataset", None))
+        if labels is not None and len(labels) > 1 and labels.unique().numel() == 1:
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"the validation labels{f' of dataloader {i}' if len(loaders) > 1 else ''} hold a single class "
+                f"({labels[0].item()}) in {len(labels)} samples, so a classification metric cannot rank subnets by how well "
+                "they tell classes apart. HINT: check the validation split and its label column / class folders.",
+                category=UserWarning,
+            )
 
 
 def _log(loggers: Sequence[Any], metrics: Mapping[str, float], step: int) -> None:

@@ -7,7 +7,6 @@ importance. Any error before the swap leaves the model exactly as it was; an err
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -18,19 +17,52 @@ from torch import nn
 from lightning_elastic.adapters.base import Adapter
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.dims import ElasticDim
-from lightning_elastic.core.errors import ConfigError, ConversionError, ExportError
+from lightning_elastic.core.errors import ConfigError, ConversionError, ExportError, UnsupportedModelError
 from lightning_elastic.core.importance import apply_order, importance_order, resolve_importance
-from lightning_elastic.core.registry import find_adapter, get_adapter
+from lightning_elastic.core.registry import find_adapter, get_adapter, registered_adapters
 from lightning_elastic.core.space import ArchConfig, SearchSpace
-from lightning_elastic.ops.base import ElasticOp
-from lightning_elastic.ops.depth import ElasticModuleList, ElasticSequential
+from lightning_elastic.supernet.calibration import ForwardFn
+from lightning_elastic.supernet.export import export_subnet, is_elastic
 
 _ATTR = "_lightning_elastic_supernet"
 
 
 def get_supernet(model: nn.Module) -> Supernet | None:
-    """The :class:`Supernet` a model was converted into, or None."""
-    return model.__dict__.get(_ATTR)
+    """The :class:`Supernet` a model was converted into, or None for a plain (unconverted) model.
+
+    Callers that need a supernet should use :func:`require_supernet`, which raises a clear error instead of
+    returning None (``get_supernet(plain).export()`` fails with ``'NoneType' object has no attribute 'export'``).
+    """
+    return model.__dict__.get(_ATTR) if isinstance(model, nn.Module) else None
+
+
+def require_supernet(model: nn.Module | Supernet) -> Supernet:
+    """The :class:`Supernet` of a converted model (a ``Supernet`` is returned as is).
+
+    Raises:
+        ExportError: ``model`` was not converted with :func:`to_supernet` (the message names a converted submodule
+            when there is one).
+    """
+    if isinstance(model, Supernet):
+        return model
+    if not isinstance(model, nn.Module):
+        raise ExportError(
+            f"`model` got a {type(model).__name__}; allowed: a model converted with to_supernet, or its Supernet. "
+            "HINT: net = lightning_elastic.to_supernet(model, ...), then pass net or model."
+        )
+    net = get_supernet(model)
+    if net is not None:
+        return net
+    inner = find_supernet(model)
+    if inner is not None:
+        raise ExportError(
+            f"`model` is a {type(model).__name__} that was not converted itself, but its submodule {inner[0]!r} is. "
+            f"HINT: pass model.{inner[0]} (or get_supernet(model.{inner[0]})), the converted module."
+        )
+    raise ExportError(
+        f"`model` is a plain {type(model).__module__}.{type(model).__name__}, not a supernet: it was never converted. "
+        "HINT: convert it first with net = lightning_elastic.to_supernet(model, ...), then export or save through net."
+    )
 
 
 def find_supernet(module: nn.Module) -> tuple[str, Supernet] | None:
@@ -117,9 +149,7 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
                 "HINT: convert a fresh model, or reuse the existing space."
             )
         return existing
-    if isinstance(adapter, str):
-        adapter = get_adapter(adapter)
-    adapter = adapter or find_adapter(model)
+    adapter = _resolve_adapter(model, adapter)
 
     # phase 1: plan (no change to the model)
     plan = adapter.plan(model, config)
@@ -156,6 +186,9 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
     orders = [(d, importance_order(d, importance)) for d in space
               if importance is not None and d.groups and d.kind in ("width", "heads", "rank")]
 
+    # what each module holds before the swap: export removes whatever the conversion adds to plain modules
+    before = {name: frozenset(m.__dict__) for name, m in model.named_modules()}
+
     # phase 3: swap, deepest first so parents adopt already-swapped children; undo on failure
     built.sort(key=lambda item: item[0].count("."), reverse=True)
     done: list[tuple[str, nn.Module]] = []
@@ -181,9 +214,39 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
     # phase 4: importance ordering (function-preserving permutations)
     for d, perms in orders:
         apply_order(d, perms)
-    supernet = Supernet(model, space, adapter, config, plan.meta)
+    added = {name: frozenset(set(m.__dict__) - before[name]) for name, m in model.named_modules()
+             if name in before and not is_elastic(m) and set(m.__dict__) - before[name]}
+    supernet = Supernet(model, space, adapter, config, plan.meta, added_attributes=added)
     model.__dict__[_ATTR] = supernet
     return supernet
+
+
+def _resolve_adapter(model: nn.Module, adapter: str | Adapter | None) -> Adapter:
+    """The adapter to use: auto-detected, or the forced one after checking that it handles ``model``."""
+    if adapter is None:
+        return find_adapter(model)
+    if isinstance(adapter, str):
+        adapter = get_adapter(adapter)
+    elif not isinstance(adapter, Adapter):
+        raise ConfigError(
+            f"`adapter` got a {type(adapter).__name__}; allowed: None (auto-detect), a registered adapter name or an "
+            f"Adapter instance. Registered: {sorted(registered_adapters())}. HINT: pass adapter=None."
+        )
+    if not _matches(adapter, model):
+        fitting = [name for name, a in registered_adapters().items() if _matches(a, model)]
+        raise UnsupportedModelError(
+            f"`adapter` {adapter.name!r} cannot convert a {type(model).__module__}.{type(model).__name__}; it "
+            f"supports: {adapter.supported or adapter.name}. Adapters that match this model: {fitting or 'none'}. "
+            f"HINT: {f'pass adapter={fitting[0]!r}, or ' if fitting else ''}leave adapter=None to detect it."
+        )
+    return adapter
+
+
+def _matches(adapter: Adapter, model: nn.Module) -> bool:
+    try:
+        return bool(adapter.matches(model))
+    except Exception:  # noqa: BLE001 - an adapter that cannot even inspect the model does not match it
+        return False
 
 
 class Supernet:
@@ -193,12 +256,14 @@ class Supernet:
     """
 
     def __init__(self, model: nn.Module, space: SearchSpace, adapter: Adapter, config: SearchSpaceConfig,
-                 meta: dict[str, Any]) -> None:
+                 meta: dict[str, Any], added_attributes: Mapping[str, frozenset[str]] | None = None) -> None:
         self.model = model
         self.space = space
         self.adapter = adapter
         self.config = config
         self.meta = meta
+        #: ``{module name: attribute names}`` the conversion added to plain (non-elastic) modules; export drops them
+        self.added_attributes = dict(added_attributes or {})
 
     def __repr__(self) -> str:
         return (f"Supernet({type(self.model).__name__}, adapter={self.adapter.name!r}, dims={len(self.space)}, "
@@ -244,53 +309,50 @@ class Supernet:
         return self.space.signature()
 
     # -- export --------------------------------------------------------------------------------------------
-    def export(self, cfg: Mapping[str, int] | None = None, strict: bool = True) -> nn.Module:
+    def export(self, cfg: Mapping[str, int] | None = None, strict: bool = True, *, calibration_data: Any = None,
+               calibration_batches: int = 10, forward_fn: ForwardFn | None = None) -> nn.Module:
         """A model of the original class with physically smaller tensors and no elastic ops.
+
+        A BatchNorm model gets its own statistics: they are estimated on ``calibration_data`` for this subnet (only
+        the norm layers in train mode, inputs resized to the subnet's ``resolution``), because the supernet's are a
+        blend over every trained subnet. The calibration data should be a few batches of the *training*
+        distribution: your train dataloader, or the fixed, seeded draw of training batches that ``SubnetSearch``
+        and ``lightning-elastic export`` use (the same batches the search measured with).
 
         Args:
             cfg: the subnet (default: the active one).
+            strict: reject unknown / missing dims in ``cfg``.
+            calibration_data: an iterable of batches (moved to the model's device; fed by ``forward_fn``); or
+                ``'current'`` when the BN buffers already hold this subnet's own statistics (exporting inside a
+                ``recalibrated_bn`` block); or None: export with the supernet's statistics and an
+                :class:`UncalibratedExportWarning`. Ignored for models without BatchNorm.
+            calibration_batches: at most this many batches are used.
+            forward_fn: ``(model, batch) -> output``; default: a Tensor, the first element of a tuple, or dict
+                keyword inputs.
 
         Returns:
-            A new module; the supernet is left unchanged. Outputs equal the supernet's under ``cfg``.
+            A new, plain module (its modules hold what freshly built ones hold; nothing points back into the
+            supernet); the supernet is left unchanged. Outputs equal the supernet's under ``cfg`` with the same
+            BatchNorm statistics.
+
+        Raises:
+            ConfigError: an invalid ``cfg`` or calibration argument.
+
+        Warns:
+            UncalibratedExportWarning: a BatchNorm model exported without calibration data (or with empty data).
         """
         cfg = self.active_config if cfg is None else self.space.validate(cfg, strict=strict)
-        with self.subnet(cfg):
-            holder = self.model.__dict__.pop(_ATTR)
-            try:
-                clone = copy.deepcopy(self.model)
-            finally:
-                self.model.__dict__[_ATTR] = holder
-        exported = _strip_elastic(clone)
-        self.adapter.finalize_export(exported, self, dict(cfg))
-        leftovers = [n for n, m in exported.named_modules() if isinstance(m, ElasticOp | ElasticSequential |
-                                                                          ElasticModuleList)]
-        if leftovers:
-            raise ExportError(
-                f"export left elastic modules behind: {leftovers[:5]}. HINT: each elastic op needs an "
-                "`export_module()`; this is a bug in the adapter or op."
-            )
-        return exported
+        return export_subnet(self, cfg, _ATTR, calibration_data, calibration_batches, forward_fn)
 
-    def save_subnet(self, directory, cfg: Mapping[str, int] | None = None) -> nn.Module:
-        """Export ``cfg`` and save it to ``directory`` (safetensors + ``subnet.json``); returns the export."""
+    def save_subnet(self, directory, cfg: Mapping[str, int] | None = None, *, calibration_data: Any = None,
+                    calibration_batches: int = 10, forward_fn: ForwardFn | None = None) -> nn.Module:
+        """Export ``cfg`` and save it to ``directory`` (see :func:`lightning_elastic.supernet.io.save_subnet`)."""
         from lightning_elastic.supernet.io import save_subnet
 
-        return save_subnet(self, directory, cfg)
+        return save_subnet(self, directory, cfg, calibration_data=calibration_data,
+                           calibration_batches=calibration_batches, forward_fn=forward_fn)
 
     def state_info(self) -> dict[str, Any]:
         """JSON-serialisable description stored in checkpoints (adapter, space config, space signature)."""
         return {"adapter": self.adapter.name, "config": self.config.to_dict(), "signature": self.signature(),
                 "meta": self.meta}
-
-
-def _strip_elastic(model: nn.Module) -> nn.Module:
-    """Replace every elastic module (children first) by its plain export."""
-    def visit(module: nn.Module) -> nn.Module:
-        for name, child in list(module._modules.items()):
-            if child is not None:
-                module._modules[name] = visit(child)
-        if isinstance(module, ElasticOp | ElasticSequential | ElasticModuleList):
-            return module.export_module()
-        return module
-
-    return visit(model)

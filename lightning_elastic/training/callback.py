@@ -16,7 +16,9 @@ instance attribute, removed at teardown; the class is untouched):
 Under DDP all subnet forwards happen inside one DDP forward, so only the last backward all-reduces; it reduces the
 whole ``.grad`` tensors, early subnets' gradients included (the standard gradient-accumulation pattern). Parameters
 the last subnet skips (blocks cut by elastic depth, unused kernel transforms; read off its autograd graph) get a
-zero-valued term so every rank reduces every parameter and none waits forever.
+zero-valued term so every rank reduces every parameter and none waits forever. Those that no subnet of the optimizer
+step reached get their ``.grad`` set back to None before the optimizer step, as on one device, so weight decay and
+momentum leave them alone.
 
 What users see: ``on_before_backward``/``on_after_backward`` run once per subnet; values the ``training_step`` logs
 are logged for every subnet (the step value is the last subnet's, epoch means average all subnets); the module's
@@ -85,17 +87,21 @@ class ElasticTraining(Callback):
         temperature: distillation temperature.
         teacher: optional frozen external teacher (e.g. the original pretrained model); then the max subnet is
             distilled too.
-        validate_subnets: subnets validated each epoch, logged as ``<key>/<tag>``: ``('max', 'min')``, configs, or
-            ``{tag: 'max' | 'min' | config}``. The first is also logged under the plain keys.
+        validate_subnets: subnets validated each epoch, each in a complete validation epoch of its own (your epoch
+            hooks and torchmetrics included), logged as ``<key>/<tag>``: ``('max', 'min')``, configs, or
+            ``{tag: 'max' | 'min' | config}``. The first is also logged under the plain keys that ``ModelCheckpoint``
+            / ``EarlyStopping`` monitor. None: the max subnet, under the plain keys only.
         bn_calibration_batches: batches used to recalibrate BatchNorm per validated subnet (0: off), drawn from the
-            train set by a separate loader with a fixed shuffle (see :func:`calibration_loader`).
+            train set by a separate loader with a fixed shuffle (see :func:`calibration_loader`); the same batches
+            for every subnet and epoch, and for :class:`~lightning_elastic.search.measure.SubnetMeasurer`.
         calibration_forward: ``(model, batch) -> output`` for calibration; default: first element / dict inputs.
         seed: sampling seed; subnets are a pure function of ``(seed, global_step)``.
         phases: progressive-shrinking phases (``sampler='progressive'``), see :class:`ProgressiveShrinkingSampler`.
         shrink_start: fraction of training before shrinking starts (``sampler='delayed'``).
 
     Raises:
-        ConfigError: an invalid argument (each names the argument, the value and what is allowed).
+        ConfigError: an invalid argument (each names the argument, the value and what is allowed); in ``setup``, a
+            second ``ElasticTraining`` in the same Trainer.
 
     Example:
         >>> trainer = L.Trainer(callbacks=[ElasticTraining(SearchSpaceConfig(width=(0.5, 1.0)))])  # doctest: +SKIP
@@ -162,6 +168,10 @@ class ElasticTraining(Callback):
         self._trainer: L.Trainer | None = None
         self._total_steps: float | None = None
         self._converted_name: str | None = None
+        self._key_settled = False  # see state_key
+        self._phantom: dict[int, nn.Parameter] = {}  # DDP: grads only our zero-valued terms made (see _elastic_step)
+        self._reached: set[int] = set()
+        self._pending_skipped: list[nn.Parameter] | None = None
 
     # -- setup ---------------------------------------------------------------------------------------------
     def _find_model(self, pl_module: L.LightningModule) -> nn.Module:
@@ -195,8 +205,27 @@ class ElasticTraining(Callback):
             f"convert (submodules: {children}). HINT: pass model_attr='...' for a supported model, or register an "
             "adapter with lightning_elastic.register_adapter.")
 
+    @property
+    @override
+    def state_key(self) -> str:
+        # Lightning's Trainer refuses two stateful callbacks with one key as it is built, with a hint to make the keys
+        # unique; but two ElasticTraining callbacks cannot share a module at all (each would wrap its training_step).
+        # Until setup has checked that this is the Trainer's only one, the key is per instance so that check can say
+        # so; from then on it is the stable class name that checkpoints are written and read under.
+        return type(self).__qualname__ if self._key_settled else f"{type(self).__qualname__}@{id(self):x}"
+
+    def _check_single(self, trainer: L.Trainer) -> None:
+        mine = [c for c in trainer.callbacks if isinstance(c, ElasticTraining)]
+        if len(mine) > 1:
+            raise ConfigError(
+                f"`callbacks` holds {len(mine)} ElasticTraining callbacks; allowed: one per Trainer (each converts "
+                "the model and takes over the module's training_step). HINT: keep a single ElasticTraining; a "
+                "module that adds its own through configure_callbacks (ElasticModule) needs none in `callbacks`.")
+        self._key_settled = True
+
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._check_single(trainer)
         if stage == "fit" and not pl_module.automatic_optimization:
             raise ConfigError(
                 f"`{type(pl_module).__name__}.automatic_optimization` is False; ElasticTraining supports automatic "
@@ -212,9 +241,13 @@ class ElasticTraining(Callback):
         # idempotent: a second fit/validate (or a module converted by the user) reuses the existing supernet
         self.supernet = existing if existing is not None else to_supernet(
             model, self.space or SearchSpaceConfig(), adapter=self.adapter)
-        configs = resolve_configs(self.supernet, self._validate_items)
+        # without validate_subnets the max subnet is validated, not whichever subnet happened to train last
+        configs = resolve_configs(self.supernet, self._validate_items) or [("max", self.supernet.max_config())]
         self._validator = SubnetValidator(self.supernet, configs, self.bn_calibration_batches,
-                                          self.calibration_forward)
+                                          self.calibration_forward, tagged=bool(self._validate_items))
+        loop = {"fit": trainer.fit_loop.epoch_loop.val_loop, "validate": trainer.validate_loop}.get(stage)
+        if loop is not None:
+            self._validator.install(trainer, loop)
         self._converted_name = next(n for n, m in pl_module.named_modules() if m is model)
         if self._tap is None:
             self._tap = ModelTap(self.supernet)
@@ -243,6 +276,9 @@ class ElasticTraining(Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for name in ("training_step", "optimizer_zero_grad", "log"):
             pl_module.__dict__.pop(name, None)
+        for loop in (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop):
+            SubnetValidator.uninstall(loop)
+        self._phantom, self._reached, self._pending_skipped = {}, set(), None
         if self._tap is not None:
             self._tap.remove()
             self._tap = None
@@ -281,15 +317,27 @@ class ElasticTraining(Callback):
             return logits_of(self._tap.output).detach()
         return None
 
-    @staticmethod
-    def params_outside_graph(loss: torch.Tensor, params: Sequence[nn.Parameter]) -> list[nn.Parameter]:
-        """The trainable ``params`` that ``loss``'s backward would not reach.
+    @override
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        # the step's last backward (after Lightning's zero_grad): skipped params without a grad yet get only zeros
+        if self._pending_skipped is not None:
+            for p in self._pending_skipped:
+                if p.grad is None or id(p) in self._phantom:
+                    self._phantom[id(p)] = p
+            self._pending_skipped = None
 
-        Under DDP (without ``find_unused_parameters``) every rank must produce a gradient for every parameter in
-        the last backward, or the reducer waits forever / fails on the next step. Which parameters the last subnet
-        skips depends on every elastic dim (blocks cut by depth, OFA kernel-transform matrices unused at the full
-        kernel, …), so they are read off the autograd graph itself rather than guessed per dim kind.
-        """
+    @override
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        # DDP only: a parameter no subnet of this optimizer step reached keeps no gradient, as on one device
+        for key, p in self._phantom.items():
+            if key not in self._reached:
+                p.grad = None
+        self._phantom, self._reached = {}, set()
+
+    @staticmethod
+    def reached_leaves(loss: torch.Tensor) -> set[int]:
+        """``id`` of every leaf tensor ``loss``'s backward writes a gradient to."""
         reached: set[int] = set()
         seen: set[int] = set()
         stack = [loss.grad_fn] if loss.grad_fn is not None else []
@@ -302,6 +350,18 @@ class ElasticTraining(Callback):
             if variable is not None:
                 reached.add(id(variable))
             stack.extend(f for f, _ in fn.next_functions if f is not None)
+        return reached
+
+    @staticmethod
+    def params_outside_graph(loss: torch.Tensor, params: Sequence[nn.Parameter]) -> list[nn.Parameter]:
+        """The trainable ``params`` that ``loss``'s backward would not reach.
+
+        Under DDP (without ``find_unused_parameters``) every rank must produce a gradient for every parameter in
+        the last backward, or the reducer waits forever / fails on the next step. Which parameters the last subnet
+        skips depends on every elastic dim (blocks cut by depth, OFA kernel-transform matrices unused at the full
+        kernel, …), so they are read off the autograd graph itself rather than guessed per dim kind.
+        """
+        reached = ElasticTraining.reached_leaves(loss)
         return [p for p in params if p.requires_grad and id(p) not in reached]
 
     def _elastic_step(self, step_fn: Callable, zero_grad_fn: Callable, batch: Any, batch_idx: int, *args: Any,
@@ -310,9 +370,13 @@ class ElasticTraining(Callback):
         subnets = self.subnets_for_step(trainer)
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         accumulate = trainer.accumulate_grad_batches
+        if batch_idx % accumulate == 0:  # a new optimizer step: nothing reached yet
+            self._phantom, self._reached = {}, set()
+        self._pending_skipped = None
         if len(subnets) > 1 and optimizer is not None and batch_idx % accumulate == 0:
             zero_grad_fn(trainer.current_epoch, batch_idx, optimizer)
             self._skip_zero_grad = True
+        ddp = trainer.world_size > 1
         targets = None
         tap.capturing = True
         try:
@@ -331,11 +395,17 @@ class ElasticTraining(Callback):
                         kd = self.distill_fn(student, targets)
                         loss = (1.0 - self.kd_weight) * loss + self.kd_weight * kd
                 self.subnets_trained += 1
+                if ddp:
+                    reached = self.reached_leaves(loss)
+                    self._reached |= reached
                 if i == len(subnets) - 1:
-                    if trainer.world_size > 1:
-                        # every rank must reduce every parameter: a zero-valued term for those this subnet skips
-                        skipped = self.params_outside_graph(loss, list(self._module.parameters()))
+                    if ddp:
+                        # every rank must reduce every parameter: a zero-valued term for those this subnet skips.
+                        # Those no subnet of the step used get a zero .grad from it, where one device has None (no
+                        # weight decay, no momentum): on_before_backward / on_before_optimizer_step undo that.
+                        skipped = [p for p in self._module.parameters() if p.requires_grad and id(p) not in reached]
                         loss = loss + sum((p.sum() * 0 for p in skipped), loss.new_zeros(()))
+                        self._pending_skipped = skipped
                     self.last_subnets = [t for t, _ in subnets]
                     return {**output, "loss": loss} if isinstance(output, Mapping) else loss
                 # free this subnet's graph now: backward before the next subnet's forward
@@ -349,15 +419,6 @@ class ElasticTraining(Callback):
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.supernet.select(self.supernet.max_config())
-
-    # -- validation ----------------------------------------------------------------------------------------
-    @override
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._validator.epoch_start(trainer, pl_module)
-
-    @override
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._validator.epoch_end(trainer, pl_module)
 
     # -- checkpoint ----------------------------------------------------------------------------------------
     @override

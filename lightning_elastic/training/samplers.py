@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -160,6 +161,27 @@ OFA_PHASES = (
 )
 
 
+def _parse_phase(raw: Any) -> Phase:
+    """A :class:`Phase` from a Phase or a ``(start_epoch, {kind: n | None})`` pair, every part checked.
+
+    Raises:
+        ConfigError: anything else: not a pair, a start epoch that is not an integer >= 0, kinds that are not a
+            mapping of known dim kinds to an integer >= 1 or None.
+    """
+    pair = isinstance(raw, Sequence) and not isinstance(raw, str) and len(raw) == 2
+    p = raw if isinstance(raw, Phase) else Phase(*raw) if pair else None
+    ok = (p is not None and not isinstance(p.start_epoch, bool) and isinstance(p.start_epoch, int)
+          and p.start_epoch >= 0 and isinstance(p.kinds, Mapping) and all(k in DIM_KINDS for k in p.kinds)
+          and all(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1) for n in p.kinds.values()))
+    if not ok:
+        raise ConfigError(
+            f"`phases` has an invalid phase {raw!r}; allowed: a Phase or a (start_epoch, {{kind: n | None}}) pair "
+            f"with a start epoch >= 0, kinds from {DIM_KINDS} and n an integer >= 1 (keep the n largest choices) or "
+            "None (all). HINT: e.g. phases=[(0, {}), (5, {'depth': None})]."
+        )
+    return p
+
+
 class ProgressiveShrinkingSampler(Sampler):
     """Once-for-All progressive shrinking: phases by epoch, each opening more dimension kinds.
 
@@ -183,23 +205,16 @@ class ProgressiveShrinkingSampler(Sampler):
                  num_random: int = 2) -> None:
         self.num_random = _check_count("num_random", num_random)
         phases = OFA_PHASES if phases is None else phases
-        parsed = []
-        for p in phases:
-            p = p if isinstance(p, Phase) else Phase(*p)
-            bad = [k for k in p.kinds if k not in DIM_KINDS]
-            if bad or isinstance(p.start_epoch, bool) or not isinstance(p.start_epoch, int) or p.start_epoch < 0:
-                raise ConfigError(
-                    f"`phases` has an invalid phase {p!r}; allowed: a start epoch >= 0 and kinds from {DIM_KINDS}. "
-                    "HINT: e.g. phases=[(0, {}), (5, {'depth': None})]."
-                )
-            parsed.append(p)
-        starts = [p.start_epoch for p in parsed]
-        if not parsed or starts != sorted(set(starts)) or starts[0] != 0:
+        if isinstance(phases, str | Mapping) or not isinstance(phases, Sequence):
+            raise ConfigError(f"`phases` got {phases!r}; allowed: a list of Phase or (start_epoch, {{kind: n | None}}) "
+                              "pairs. HINT: e.g. phases=[(0, {}), (5, {'depth': None})].")
+        self.phases = tuple(_parse_phase(p) for p in phases)
+        starts = [p.start_epoch for p in self.phases]
+        if not self.phases or starts != sorted(set(starts)) or starts[0] != 0:
             raise ConfigError(
                 f"`phases` start epochs are {starts}; they must be strictly increasing and start at 0. "
                 "HINT: the first phase is usually (0, {}) (full network only)."
             )
-        self.phases = tuple(parsed)
 
     def phase_index(self, epoch: int) -> int:
         return max(i for i, p in enumerate(self.phases) if p.start_epoch <= epoch)

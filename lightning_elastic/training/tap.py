@@ -8,19 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lightning_elastic.supernet.resize import resize_images
 from lightning_elastic.supernet.supernet import Supernet
-
-
-def resize_images(x: Any, size: int) -> Any:
-    """Bilinearly resize a 4-D floating-point image batch to ``size × size``; anything else is returned as is."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point() or tuple(x.shape[-2:]) == (
-            size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
 class ModelTap:

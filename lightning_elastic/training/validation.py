@@ -1,28 +1,37 @@
-"""Per-subnet validation: the user's own ``validation_step`` and metrics, once per subnet, with BN recalibrated.
+"""Per-subnet validation: each validated subnet runs a complete validation epoch of its own.
 
-How it fits Lightning's loop (the ``WeightAveraging`` pattern: swap in at epoch start, restore at epoch end):
+How it fits Lightning's loop. :class:`~lightning_elastic.ElasticTraining` replaces the ``run`` method of the trainer's
+validation loop (an instance attribute, removed at teardown), so that one validation becomes one complete run of
+Lightning's own loop per subnet, in the order given:
 
-* ``on_validation_epoch_start``: every subnet but the first is validated right there, by running the validation
-  dataloaders through ``pl_module.validation_step``, with ``self.log`` wrapped so that ``val_acc`` is logged as
-  ``val_acc/<tag>``. torchmetrics objects logged by the user are computed and reset after each subnet, so no subnet's
-  state leaks into another's. Then the first subnet is selected and its BN statistics recalibrated.
-* Lightning's own validation pass then runs on the first subnet; its keys are logged both plain (``val_acc``, so
-  ``ModelCheckpoint(monitor="val_acc")`` keeps working) and as ``val_acc/<tag>``.
-* ``on_validation_epoch_end``: the supernet's own BN statistics are restored.
+* before a subnet's run, it is selected and its BatchNorm statistics are re-estimated on a fixed, seeded calibration
+  set (:func:`~lightning_elastic.training.calibration.calibration_loader`, the same batches for every subnet);
+* the run is Lightning's: ``on_validation_epoch_start`` hooks, every batch with its hooks,
+  ``on_validation_epoch_end`` hooks, torchmetrics computed and reset. A metric the user gathers in
+  ``validation_step`` and computes in ``on_validation_epoch_end`` sees exactly one subnet's batches;
+* what the run logs is renamed ``<key>/<tag>``; the first subnet's keys are also logged as they are (``val_acc``), so
+  ``ModelCheckpoint`` / ``EarlyStopping`` monitor one subnet, never a blend;
+* ``on_validation_start`` runs once, before the first subnet, and ``on_validation_end`` (where checkpoints are
+  written and early stopping decides) once, after the last, when every subnet's keys are in and the supernet's own BN
+  statistics and active subnet are back.
+
+Why not the ``WeightAveraging`` pattern (swap in at ``on_validation_epoch_start``, restore at ``_end``): it gives one
+epoch to all subnets, so the extra subnets' batches ran inside the first one's epoch hooks and every metric computed at
+epoch end mixed them.
+
+Without ``validate_subnets`` the max subnet is validated (with its own BN statistics) under the plain keys only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from itertools import islice
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.data import extract_batch_size
-from torchmetrics import Metric
 
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.core.space import ArchConfig
@@ -68,52 +77,76 @@ def resolve_configs(supernet: Supernet, items: list[tuple[str, Any]]) -> list[tu
     return out
 
 
-class _RenamingLog:
-    """Stands in for ``pl_module.log`` during one subnet's validation."""
+class _RenamedLog:
+    """Stands in for ``pl_module.log`` during one subnet's run: ``name`` becomes ``name/tag`` (and stays ``name``
+    too for the subnet that owns the plain keys)."""
 
-    def __init__(self, original: Callable, tag: str, keep_plain: bool) -> None:
-        self.original, self.tag, self.keep_plain = original, tag, keep_plain
-        self.metrics: dict[str, tuple[Metric, dict]] = {}
-        self.batch: Any = None
+    def __init__(self, original: Callable, tag: str, plain: bool) -> None:
+        self.original, self.tag, self.plain = original, tag, plain
 
     def __call__(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
-        if self.keep_plain:  # Lightning's own pass: log as the user asked, plus the tagged alias
+        if self.plain:
             self.original(name, value, *args, **kwargs)
-            self.original(f"{name}/{self.tag}", value, *args, **kwargs)
-            return
-        if isinstance(value, Metric):
-            self.metrics[name] = (value, {k: v for k, v in kwargs.items() if k in ("prog_bar", "logger")})
-            return
-        kwargs.update(on_step=False, on_epoch=True)
-        if kwargs.get("batch_size") is None and self.batch is not None:
-            try:
-                kwargs["batch_size"] = extract_batch_size(self.batch)
-            except Exception:  # noqa: BLE001 - batch size is only a weight for the epoch mean
-                pass
         self.original(f"{name}/{self.tag}", value, *args, **kwargs)
 
-    def flush_metrics(self) -> None:
-        for name, (metric, kwargs) in self.metrics.items():
-            value = metric.compute()  # synced across ranks by torchmetrics
-            metric.reset()
-            self.original(f"{name}/{self.tag}", value, on_step=False, on_epoch=True, **kwargs)
-        self.metrics.clear()
+
+@contextmanager
+def _renamed_logs(pl_module: L.LightningModule, tag: str | None, plain: bool) -> Iterator[None]:
+    if tag is None:
+        yield
+        return
+    pl_module.log = _RenamedLog(type(pl_module).log.__get__(pl_module), tag, plain)
+    try:
+        yield
+    finally:
+        pl_module.__dict__.pop("log", None)
+
+
+def _skip_hook(*_args: Any, **_kwargs: Any) -> None:
+    """``on_validation_start`` of every subnet's run but the first."""
 
 
 class SubnetValidator:
-    """Drives per-subnet validation for :class:`~lightning_elastic.ElasticTraining` (see the module docstring)."""
+    """Runs a validation loop once per subnet (see the module docstring); installed by ``ElasticTraining``.
+
+    Args:
+        supernet: the supernet validated.
+        subnets: ``[(tag, config)]``; the first one's keys are also logged plain.
+        calibration_batches: training batches to re-estimate BN statistics per subnet (0: keep the supernet's).
+        calibration_forward: ``(model, batch) -> output`` for calibration (default: :func:`default_forward`).
+        tagged: log ``<key>/<tag>`` too (False: one subnet, plain keys only).
+        seed: the seed of the calibration draw.
+    """
 
     def __init__(self, supernet: Supernet, subnets: list[tuple[str, ArchConfig]], calibration_batches: int,
-                 calibration_forward: Callable | None) -> None:
+                 calibration_forward: Callable | None, tagged: bool = True, seed: int = 0) -> None:
         self.supernet = supernet
         self.subnets = subnets
         self.calibration_batches = calibration_batches
         self.calibration_forward = calibration_forward or default_forward
-        self._stack: ExitStack | None = None
+        self.tagged = tagged
+        self.seed = seed
         self._warned = False
 
+    # -- installation ----------------------------------------------------------------------------------------
+    def install(self, trainer: L.Trainer, loop: Any) -> None:
+        """Make ``loop.run()`` validate every subnet (replaces an earlier validator's wrapper)."""
+        self.uninstall(loop)
+        original = loop.run
+
+        def run() -> list[dict[str, Any]]:
+            return self.run(trainer, loop, original)
+
+        run.subnet_validator = self
+        loop.run = run
+
+    @staticmethod
+    def uninstall(loop: Any) -> None:
+        if getattr(loop.__dict__.get("run"), "subnet_validator", None) is not None:
+            del loop.__dict__["run"]
+
     # -- calibration data ----------------------------------------------------------------------------------
-    def _train_batches(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Iterable[Any] | None:
+    def _train_loader(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
         loader = trainer.train_dataloader
         if loader is None and trainer.datamodule is not None and hasattr(trainer.datamodule, "train_dataloader"):
             try:
@@ -129,73 +162,74 @@ class SubnetValidator:
             loader = loader[0] if loader else None
         if isinstance(loader, Mapping):
             loader = next(iter(loader.values()), None)
-        return None if loader is None else calibration_loader(loader)
+        return loader
 
-    def _calibrate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ExitStack:
-        stack = ExitStack()
+    def calibration_set(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[Any]:
+        """The fixed calibration batches (as the loader yields them): the same for every subnet and every epoch."""
         if self.calibration_batches <= 0:
-            return stack
-        loader = self._train_batches(trainer, pl_module)
+            return []
+        loader = self._train_loader(trainer, pl_module)
         if loader is None:
             if not self._warned:
                 rank_zero_warn("ElasticTraining: no train dataloader to recalibrate BatchNorm per subnet; "
                                "validating with the supernet's running statistics.")
                 self._warned = True
-            return stack
+            return []
+        # a shuffling loader that cannot be rebuilt draws from the global RNG: seed it, and leave training's alone
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return list(islice(calibration_loader(loader, self.seed), self.calibration_batches))
 
-        def batches():
-            for batch in islice(loader, self.calibration_batches):
-                yield trainer.strategy.batch_to_device(batch)
-
-        def forward(model, batch):
+    def _calibrated(self, trainer: L.Trainer, batches: list[Any]) -> Any:
+        def forward(model: torch.nn.Module, batch: Any) -> Any:
             with trainer.precision_plugin.forward_context():
-                return self.calibration_forward(model, batch)
+                return self.calibration_forward(model, trainer.strategy.batch_to_device(batch))
 
-        # iterating a shuffling loader draws from the global RNG: keep training's random stream untouched
-        stack.enter_context(torch.random.fork_rng(devices=[]))
-        stack.enter_context(recalibrated_bn(self.supernet.model, batches(), self.calibration_batches, forward))
-        return stack
+        return recalibrated_bn(self.supernet.model, batches, len(batches), forward)
 
-    # -- hooks ---------------------------------------------------------------------------------------------
-    def epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.subnets:
-            return
-        if trainer.sanity_checking:
-            self.supernet.select(self.subnets[0][1])
-            return
-        for tag, cfg in self.subnets[1:]:
-            self.supernet.select(cfg)
-            with self._calibrate(trainer, pl_module):
-                self._run_pass(trainer, pl_module, tag)
-        self.supernet.select(self.subnets[0][1])
-        self._stack = self._calibrate(trainer, pl_module)
-        pl_module.log = _RenamingLog(type(pl_module).log.__get__(pl_module), self.subnets[0][0], keep_plain=True)
-
-    def epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.__dict__.pop("log", None)
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = None
-
-    def _run_pass(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
-        loaders = trainer.val_dataloaders
-        loaders = list(loaders) if isinstance(loaders, Sequence) else [loaders]
-        limits = trainer.num_val_batches if isinstance(trainer.num_val_batches, Sequence) else [
-            trainer.num_val_batches]
-        log = _RenamingLog(type(pl_module).log.__get__(pl_module), tag, keep_plain=False)
-        pl_module.log = log
+    # -- the loop ------------------------------------------------------------------------------------------
+    def run(self, trainer: L.Trainer, loop: Any, original: Callable[[], list[dict[str, Any]]]) -> list[dict]:
+        """One complete run of ``original`` (Lightning's ``loop.run``) per subnet; returns every subnet's results."""
+        net, previous = self.supernet, self.supernet.active_config
+        if trainer.sanity_checking:  # a smoke test of the user's code: the first subnet, nothing logged
+            try:
+                net.select(self.subnets[0][1])
+                return original()
+            finally:
+                net.select(previous)
+        loop.setup_data()
+        if loop.skip:
+            return original()
+        pl_module = trainer.lightning_module
+        batches = self.calibration_set(trainer, pl_module)
+        outputs: list[list[dict[str, Any]]] = []
+        verbose, start_hook, end_hook = loop.verbose, loop._on_evaluation_start, loop._on_evaluation_end
         try:
-            with torch.no_grad():
-                for dl_idx, loader in enumerate(loaders):
-                    limit = limits[dl_idx] if dl_idx < len(limits) else float("inf")
-                    for batch_idx, batch in enumerate(loader):
-                        if batch_idx >= limit:
-                            break
-                        batch = trainer.strategy.batch_to_device(batch, dataloader_idx=dl_idx)
-                        log.batch = batch
-                        extra = {"dataloader_idx": dl_idx} if len(loaders) > 1 else {}
-                        with trainer.precision_plugin.val_step_context():
-                            pl_module.validation_step(batch, batch_idx, **extra)
-            log.flush_metrics()
+            loop.verbose = False
+            for i, (tag, cfg) in enumerate(self.subnets):
+                last = i == len(self.subnets) - 1
+                with ExitStack() as stack:
+                    net.select(cfg)
+                    stack.enter_context(self._calibrated(trainer, batches))
+                    stack.enter_context(_renamed_logs(pl_module, tag if self.tagged else None, plain=i == 0))
+
+                    def end_of_run(*args: Any, _last: bool = last, _stack: ExitStack = stack, **kwargs: Any) -> None:
+                        if not _last:  # what Lightning's end hook does besides the user hooks: fresh results
+                            trainer._logger_connector.reset_results()
+                            return
+                        _stack.close()  # the supernet's own BN statistics back before checkpoints are written
+                        net.select(previous)
+                        end_hook(*args, **kwargs)
+
+                    loop._on_evaluation_start = start_hook if i == 0 else _skip_hook
+                    loop._on_evaluation_end = end_of_run
+                    outputs.append(original())
         finally:
-            pl_module.__dict__.pop("log", None)
+            loop.__dict__.pop("_on_evaluation_start", None)
+            loop.__dict__.pop("_on_evaluation_end", None)
+            loop.verbose = verbose
+            net.select(previous)
+        merged = [{k: v for run in outputs for k, v in run[i].items()} for i in range(len(outputs[0]))]
+        if verbose and trainer.is_global_zero:
+            loop._print_results(merged, loop._stage.value)
+        return merged

@@ -157,7 +157,7 @@ def test_export_equals_supernet(nets, name, data):
     x = _x()
     with torch.no_grad(), net.subnet(cfg):
         expected = net.model(x)
-        exported = net.export(cfg).eval()
+        exported = net.export(cfg, calibration_data="current").eval()
         torch.testing.assert_close(exported(x), expected, atol=1e-5, rtol=1e-4)
     assert type(exported) is type(original)
     assert not any(isinstance(m, ElasticOp) for m in exported.modules())
@@ -263,7 +263,7 @@ def test_kernel_transform_export(tmp_path):
         cfg = net.min_config()
         with net.subnet(cfg):
             expected = model(_x())
-        exported = net.export(cfg).eval()
+        exported = net.export(cfg, calibration_data="current").eval()
         torch.testing.assert_close(exported(_x()), expected, atol=1e-5, rtol=1e-4)
     assert not any("kernel_transform" in k for k in exported.state_dict())
 
@@ -273,7 +273,7 @@ def test_kernel_transform_export(tmp_path):
 def test_save_load_round_trip(nets, name, tmp_path):
     _, net = nets(name)
     cfg = net.sample(torch.Generator().manual_seed(7))
-    exported = save_subnet(net, tmp_path, cfg).eval()
+    exported = save_subnet(net, tmp_path, cfg, calibration_data="current").eval()
     loaded = load_subnet(tmp_path)
     assert type(loaded) is type(exported)
     assert json.loads((tmp_path / "subnet.json").read_text())["arch_config"] == cfg
@@ -345,7 +345,7 @@ def test_failure_while_building_leaves_model_untouched():
 def test_torch_export_of_subnet(nets):
     # the exported min subnet has cropped kernels in timm's dynamic-'SAME' Conv2dSame
     _, net = nets("tf_efficientnet_b0")
-    exported = net.export(net.min_config()).eval()
+    exported = net.export(net.min_config(), calibration_data="current").eval()
     x = _x(1)
     program = torch.export.export(exported, (x,))
     with torch.no_grad():

@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from timm.models.resnet import BasicBlock
 from torch import nn
 
-from lightning_elastic import ConversionError, ExportError, SearchSpaceConfig, load_subnet, save_subnet, to_supernet
+from lightning_elastic import (
+    ConfigError,
+    ConversionError,
+    ExportError,
+    SearchSpaceConfig,
+    load_subnet,
+    save_subnet,
+    to_supernet,
+)
 from lightning_elastic.adapters.timm_resnet import auto_depth, build_timm
 from lightning_elastic.ops.base import ElasticOp
 from lightning_elastic.ops.conv import ElasticConv2d
@@ -165,19 +173,65 @@ def test_width_only_and_depth_only_spaces():
     assert all(n.endswith(".width") for n in net2.space.names()) and net2.space["layer1.0.width"].choices == (2, 8)
 
 
-def test_resnext_grouped_convs():
-    resnext = tiny_resnet("bottle", layers=(2, 1, 1, 1), channels=(16, 16, 32, 32), cardinality=4, base_width=8)
-    with pytest.raises(ConversionError, match=r"layer1\.0 uses grouped convolutions \(groups=4, ResNeXt-style\).*"
-                                              r"HINT: pass width=None"):
-        to_supernet(resnext)
-    assert not any(isinstance(m, ElasticOp) for m in resnext.modules())
-    net = to_supernet(resnext, SearchSpaceConfig(width=None, depth=(1, 2)))
+def tiny_resnext():
+    return tiny_resnet("bottle", layers=(2, 1, 1, 1), channels=(16, 16, 32, 32), cardinality=4, base_width=8).eval()
+
+
+@pytest.mark.parametrize("space", [
+    SearchSpaceConfig(),  # 'auto' width keeps grouped blocks full: depth only (used to raise)
+    SearchSpaceConfig(exclude=["*.width"]),  # the hint's route (used to raise the same error)
+    SearchSpaceConfig(width=(0.5, 1.0), exclude=["*.width"]),
+    SearchSpaceConfig(width=None, depth=(1, 2)),
+], ids=["default", "exclude", "width-list-excluded", "width-none"])
+def test_resnext_grouped_convs_depth_only(space):
+    resnext = tiny_resnext()
+    original = copy.deepcopy(resnext)
+    net = to_supernet(resnext, space)
+    assert net.space.names() == ["layer1.depth"]  # grouped widths stay at full size
+    assert not any(isinstance(m, ElasticOp) for m in resnext.modules())  # grouped convs are left as they are
     x = torch.randn(2, 3, 32, 32)
-    resnext.eval()
-    exported = net.export(net.min_config()).eval()
-    net.select(net.min_config())
     with torch.no_grad():
+        torch.testing.assert_close(resnext(x), original(x), rtol=0, atol=1e-5)  # max config == original
+        exported = net.export(net.min_config()).eval()
+        net.select(net.min_config())
         torch.testing.assert_close(exported(x), resnext(x), rtol=0, atol=1e-5)
+
+
+def test_real_seresnext_default_space_converts():
+    model = timm.create_model("seresnext26d_32x4d", pretrained=False, num_classes=10)
+    net = to_supernet(model)
+    assert sorted(net.space.names()) == [f"layer{i}.depth" for i in range(1, 5)]
+
+
+@pytest.mark.parametrize(("space", "asked"), [
+    (SearchSpaceConfig(width=(0.5, 1.0)), r"`width`=\(0\.5, 1\.0\)"),
+    (SearchSpaceConfig(overrides={"layer1.0.width": [4, 8]}), r"`overrides\['layer1\.0\.width'\]`"),
+])
+def test_resnext_elastic_width_asked_explicitly(space, asked):
+    resnext = tiny_resnext()
+    with pytest.raises(ConversionError, match=asked + r" asks for an elastic width of layer1\.0\.width \(full 8\), "
+                       r"which uses grouped convolutions \(groups=4, ResNeXt-style\); allowed there: the full width "
+                       r"only\. HINT: pass width=None or exclude=\['\*\.width'\]"):
+        to_supernet(resnext, space)
+    assert not any(isinstance(m, ElasticOp) for m in resnext.modules())
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    # a kind the ResNet adapter has no dims for used to be ignored
+    (SearchSpaceConfig(kernel=(4,)), r"`kernel`=\(4,\) was given, but the timm-resnet adapter builds no 'kernel' "
+                                     r"dimensions \(it builds: \['depth', 'width'\]\), so it would be ignored\. HINT"),
+    (SearchSpaceConfig(stage_width=(0.5, 1.0)), r"`stage_width`=\(0\.5, 1\.0\) was given, but the timm-resnet "
+                                                r"adapter builds no 'stage_width'"),
+    # every width above every block's full size: the width dims used to vanish
+    (SearchSpaceConfig(width=(1000,)), r"`width` has absolute sizes \[1000\] above the largest full size 32 of this "
+                                       r"model's 8 'width' dimensions .*leaving no elastic 'width' dimension\. HINT"),
+    (SearchSpaceConfig(depth=(1, 5)), r"`depth` has absolute sizes \[5\] above the largest full size 2 "),
+])
+def test_explicit_values_the_model_cannot_use(space, message):
+    model = tiny_resnet("basic")
+    with pytest.raises(ConfigError, match=message):
+        to_supernet(model, space)
+    assert not any(isinstance(m, ElasticOp) for m in model.modules())
 
 
 def test_unknown_block_error():

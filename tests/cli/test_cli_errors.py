@@ -69,14 +69,19 @@ def test_missing_data_file(capsys, tmp_path):
 
 @pytest.fixture(scope="module")
 def plain_checkpoint(tmp_path_factory) -> Path:
-    """A checkpoint of the quickstart recipe trained through the CLI *without* ElasticTraining."""
+    """A checkpoint of the quickstart recipe's model and data trained *without* ElasticTraining (plain Lightning:
+    the CLI always adds the recipe's `elastic:` callback)."""
+    import lightning as L
+
+    from lightning_elastic.data import DigitsDataModule
+    from lightning_elastic.modules import ImageClassifier
+
     root = tmp_path_factory.mktemp("plain")
-    config = yaml.safe_load(QUICKSTART.read_text())
-    config["trainer"].update(callbacks=[], max_epochs=1, limit_train_batches=1, limit_val_batches=0,
-                             default_root_dir=str(root), enable_progress_bar=False, enable_model_summary=False)
-    path = root / "plain.yaml"
-    path.write_text(yaml.safe_dump(config))
-    main(["fit", "--config", str(path)])
+    recipe = yaml.safe_load(QUICKSTART.read_text())
+    model = ImageClassifier(**recipe["model"]["init_args"])
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, default_root_dir=str(root),
+                        enable_progress_bar=False, enable_model_summary=False, logger=False)
+    trainer.fit(model, datamodule=DigitsDataModule(**recipe["data"]["init_args"]))
     return next(root.rglob("*.ckpt"))
 
 
@@ -98,3 +103,99 @@ def test_missing_checkpoint(capsys, tmp_path, command):
 def test_checkpoint_path_is_required(capsys):
     line = one_line_error(run_failing(capsys, "export", "--config", QUICKSTART))
     assert "`ckpt_path` is required for `export`" in line
+
+
+# -- the checkpoint against the recipe ------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["search", "export"])
+def test_recipe_model_differs_from_checkpoint(capsys, tmp_path, trained_quickstart, command):
+    # LightningCLI would silently build the checkpoint's resnet18 and exit 0
+    line = one_line_error(run_failing(capsys, command, "--config", trained_quickstart.config,
+                                      "--model.init_args.model_name=resnet34", "--ckpt_path", trained_quickstart.ckpt,
+                                      "--output_dir", tmp_path / "out"))
+    assert "was trained with another model than the recipe describes: model_name='resnet18' in the checkpoint, " \
+           "model_name='resnet34' in the recipe" in line
+    assert "HINT: use the recipe and --model overrides the checkpoint was trained with " \
+           "(--model.init_args.model_name=resnet18)" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["fit", "search", "export"])
+def test_recipe_given_as_checkpoint(capsys, tmp_path, command):
+    line = one_line_error(run_failing(capsys, command, "--config", QUICKSTART, "--ckpt_path", QUICKSTART,
+                                      "--trainer.default_root_dir", tmp_path))
+    assert f"`ckpt_path` '{QUICKSTART}' is not a Lightning checkpoint (UnpicklingError" in line
+    assert "HINT: a recipe goes to --config" in line
+
+
+def test_folder_given_as_checkpoint(capsys, trained_quickstart):
+    folder = trained_quickstart.ckpt.parent
+    line = one_line_error(run_failing(capsys, "export", "--config", trained_quickstart.config, "--ckpt_path", folder))
+    assert f"`ckpt_path` '{folder}' is a folder; allowed: a .ckpt file" in line
+    assert f"HINT: pass one of its checkpoints, e.g. '{trained_quickstart.ckpt}'" in line
+
+
+# -- --subnet and --output_dir --------------------------------------------------------------------------------------
+def test_malformed_subnet_json(capsys, tmp_path, trained_quickstart):
+    line = one_line_error(run_failing(capsys, "export", "--config", trained_quickstart.config, "--ckpt_path",
+                                      trained_quickstart.ckpt, "--subnet", "{layer1.depth: 1}",
+                                      "--output_dir", tmp_path / "out"))
+    assert "`subnet` '{layer1.depth: 1}' is not valid JSON (Expecting property name enclosed in double quotes" in line
+    assert "HINT: write keys and strings in double quotes" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_subnet_file(capsys, tmp_path, trained_quickstart):
+    bad = tmp_path / "subnet.json"
+    bad.write_text('{"layer1.depth": 1,}')
+    line = one_line_error(run_failing(capsys, "export", "--config", trained_quickstart.config, "--ckpt_path",
+                                      trained_quickstart.ckpt, "--subnet", bad, "--output_dir", tmp_path / "out"))
+    assert f"`subnet` '{bad}' is not valid JSON" in line
+
+
+def test_subnet_json_that_is_not_an_object(capsys, tmp_path, trained_quickstart):
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    line = one_line_error(run_failing(capsys, "export", "--config", trained_quickstart.config, "--ckpt_path",
+                                      trained_quickstart.ckpt, "--subnet", listed, "--output_dir", tmp_path / "out"))
+    assert f"`subnet` '{listed}' holds a JSON list, not an object {{dim: value}}" in line
+
+
+def test_partial_subnet_gets_a_cli_hint_not_strict_false(capsys, tmp_path, trained_quickstart):
+    line = one_line_error(run_failing(capsys, "export", "--config", trained_quickstart.config, "--ckpt_path",
+                                      trained_quickstart.ckpt, "--subnet", '{"layer1.depth": 1, "nope": 3}',
+                                      "--output_dir", tmp_path / "out"))
+    assert "is not a subnet of this checkpoint: unknown keys ['nope']; missing keys ['layer1.0.width'" in line
+    assert "strict" not in line  # the command line has no strict=False
+    assert "HINT: the command line does not fill in missing dimensions" in line and "'layer1.depth': [1, 2]" in line
+
+
+def test_missing_subnet_file_hint_names_real_folders(capsys, tmp_path, trained_quickstart):
+    line = one_line_error(run_failing(capsys, "export", "--config", trained_quickstart.config, "--ckpt_path",
+                                      trained_quickstart.ckpt, "--subnet", tmp_path / "best_acc" / "subnet.json"))
+    assert "is not 'max', 'min', a JSON object or an existing JSON file" in line
+    assert "subnets/00-trial6/search_result.json" in line and "best_acc" not in line.split("HINT")[1]
+    # the folders the hint describes are what a search writes
+    assert all(p.name[:2].isdigit() and "-trial" in p.name for p in (trained_quickstart.search / "subnets").iterdir())
+
+
+@pytest.mark.parametrize("command", ["search", "export"])
+def test_output_dir_is_an_existing_file(capsys, tmp_path, trained_quickstart, command):
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me")
+    line = one_line_error(run_failing(capsys, command, "--config", trained_quickstart.config, "--ckpt_path",
+                                      trained_quickstart.ckpt, "--output_dir", existing))
+    assert f"`output_dir` '{existing}' is an existing file; allowed: a folder (new or existing). HINT" in line
+    assert existing.read_text() == "keep me"
+
+
+# -- callbacks as recipe sections ---------------------------------------------------------------------------------
+def test_old_style_callback_list_and_a_section_both_set(capsys, tmp_path):
+    config = yaml.safe_load(QUICKSTART.read_text())
+    config["trainer"]["callbacks"] = [{"class_path": "lightning_elastic.ElasticTraining",
+                                       "init_args": config.pop("elastic")}]
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(config))
+    line = one_line_error(run_failing(capsys, "fit", "--config", path, "--elastic.num_random=3",
+                                      "--trainer.default_root_dir", tmp_path))
+    assert "`trainer.callbacks` lists a ElasticTraining and the `elastic:` section sets one too" in line
+    assert "HINT: move the callback's init_args under the top-level `elastic:` section" in line

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lightning_elastic import ConfigError, SearchSpaceConfig
-from lightning_elastic.core.config import resolve_choices
+from lightning_elastic.core.config import check_explicit_fields, resolve_choices
 
 
 def test_defaults_and_list_to_tuple():
@@ -70,3 +70,65 @@ def test_from_dict_unknown_keys():
 )
 def test_resolve_choices(spec, full, auto, expected):
     assert resolve_choices(spec, full, auto, "width") == expected
+
+
+# -- specs that used to be read silently wrong ----------------------------------------------------------------------
+def test_ratios_above_one_are_refused():
+    # used to give channel choices [1, 2, 64]: 1.5 and 2.0 read as absolute sizes
+    with pytest.raises(ConfigError, match=r"`width` got \(1\.5, 2\.0\): floats are ratios of the full size and must "
+                                          r"be in \(0, 1\], but \[1\.5, 2\.0\] are above 1.*HINT: ratios such as"):
+        SearchSpaceConfig(width=(1.5, 2.0))
+
+
+@pytest.mark.parametrize(("value", "hint"), [
+    ((0.5, 2), r"HINT: ratios only, e\.g\. heads=\(0\.5, 1\.0\), or integer sizes only, e\.g\. heads=\(2,\)"),
+    ([0.5, 0.75, 1], r"HINT: write the full ratio as 1\.0: heads=\(0\.5, 0\.75, 1\.0\)"),  # YAML's [0.5, 0.75, 1]
+])
+def test_mixed_ratios_and_sizes_are_refused(value, hint):
+    # (0.5, 2) used to drop the 0.5 silently; [0.5, 0.75, 1] kept only the full size
+    with pytest.raises(ConfigError, match=r"`heads` got .*, which mixes ratios .* \(floats\) and absolute sizes "
+                                          r"\[.*\] \(integers\); allowed: all ratios in \(0, 1\] or all integer "
+                                          r"sizes\. " + hint):
+        SearchSpaceConfig(heads=value)
+
+
+def test_multiplier_fields_take_any_positive_numbers():
+    cfg = SearchSpaceConfig(expand=(3, 4.5, 6), mlp_ratio=(3.0, 3.5, 4.0))
+    assert cfg.expand == (3, 4.5, 6) and cfg.mlp_ratio == (3.0, 3.5, 4.0)
+
+
+@pytest.mark.parametrize("value", ["layer1.*", ["layer1.*", 3], [""]])
+def test_exclude_must_be_a_list_of_globs(value):
+    # a string used to be split into its characters: ['l', 'a', 'y', ...]
+    with pytest.raises(ConfigError, match=r"`exclude` got .*; allowed: a list of dimension names or globs \(a single "
+                                          r"string would be read character by character\)\. HINT: exclude=\["):
+        SearchSpaceConfig(exclude=value)
+
+
+def test_exclude_string_hint_wraps_it_in_a_list():
+    with pytest.raises(ConfigError, match=r"HINT: exclude=\['layer1\.\*'\]\."):
+        SearchSpaceConfig(exclude="layer1.*")
+
+
+def test_override_keys_must_be_globs():
+    with pytest.raises(ConfigError, match=r"`overrides` key 3 is not a dimension name or glob; allowed: non-empty "
+                                          r"strings\. HINT"):
+        SearchSpaceConfig(overrides={3: [1, 2]})
+
+
+def test_check_explicit_fields():
+    built = {"width": [64, 128, 512], "depth": [2, 2]}
+    check_explicit_fields(SearchSpaceConfig(width=(32, 512), depth=(1, 2)), built, "test")  # all used: fine
+    check_explicit_fields(SearchSpaceConfig(kernel="auto", heads=None), built, "test")  # defaults: fine
+    with pytest.raises(ConfigError, match=r"`kernel`=\(4,\) was given, but the test adapter builds no 'kernel' "
+                                          r"dimensions \(it builds: \['depth', 'width'\]\), so it would be ignored\. "
+                                          r"HINT: drop `kernel` or set it to None\."):
+        check_explicit_fields(SearchSpaceConfig(kernel=(4,)), built, "test")
+    with pytest.raises(ConfigError, match=r"`width` has absolute sizes \[1000\] above the largest full size 512 of "
+                                          r"this model's 3 'width' dimensions \(full sizes \[64, 128, 512\]\); they "
+                                          r"would be dropped, leaving no elastic 'width' dimension\. HINT: use sizes "
+                                          r"<= 512"):
+        check_explicit_fields(SearchSpaceConfig(width=(1000,)), built, "test")
+    with pytest.raises(ConfigError, match=r"`depth` has absolute sizes \[3\] above the largest full size 2 .*would be "
+                                          r"dropped\. HINT"):
+        check_explicit_fields(SearchSpaceConfig(depth=(1, 3)), built, "test")

@@ -124,3 +124,25 @@ def test_signature_changes_with_choices():
     assert a.signature() == b.signature()
     b["d0"].choices = [2, 3]
     assert a.signature() != b.signature()
+
+
+def test_validate_hint_offers_strict_false_only_for_missing_keys():
+    space = make_space()
+    with pytest.raises(ConfigError, match=r"missing keys \['d2'\]\. HINT: .*; pass strict=False to fill missing keys"):
+        space.validate({"d0": 1, "d1": 8})
+    with pytest.raises(ConfigError) as err:
+        space.validate({"d0": 4, "d1": 8, "d2": 3})  # strict=False would not help here
+    assert "strict" not in str(err.value) and "d0=4 not in choices [1, 2, 3]" in str(err.value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_validate_non_finite_values(value):
+    # int(inf) used to escape as an OverflowError, int(nan) as a ValueError without the config's context
+    with pytest.raises(ConfigError, match=r"invalid architecture config: d0=(inf|nan) is not an integer \(choices "
+                                          r"\[1, 2, 3\]\)"):
+        make_space().validate({"d0": value, "d1": 8, "d2": 3})
+
+
+def test_check_returns_problems_without_raising():
+    cfg, problems = make_space().check({"d0": 1, "zz": 2}, strict=True)
+    assert problems == ["unknown keys ['zz']", "missing keys ['d1', 'd2']"] and cfg == {"d0": 1, "d1": 16, "d2": 7}

@@ -87,3 +87,21 @@ def test_causal_lm_reads_a_tsv_column(tmp_path, tsv):
     bad = CausalLMDataModule(train_file=str(tsv), val_file=str(tsv), tokenizer=TOKENIZER, text_column="text")
     with pytest.raises(ConfigError, match=r"`text_column` 'text' is not a column"):
         bad.setup()
+
+
+def test_single_class_validation_file_warns(tmp_path, tsv):
+    val = tmp_path / "val.tsv"
+    val.write_text("sentence\tlabel\nfine\t1\ngreat\t1\nlovely\t1\n")
+    dm = TextClassificationDataModule(train_file=str(tsv), val_file=str(val), tokenizer=TOKENIZER, max_length=8)
+    with pytest.warns(UserWarning, match=rf"the validation labels of `val_file` '{val}' hold a single class \(1\): "
+                                         r"accuracy on them cannot tell subnets apart\. HINT: check the label column"):
+        dm.setup("fit")
+
+
+def test_single_class_image_folder_warns(tmp_path):
+    for split, classes in (("train", ("cat", "dog")), ("val", ("cat",))):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+    with pytest.warns(UserWarning, match=r"the validation labels of `root` '.*' \(class folders of val/\) hold a single "
+                                         r"class \('cat'\).*HINT"):
+        ImageFolderDataModule(root=str(tmp_path))

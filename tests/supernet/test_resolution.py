@@ -64,7 +64,7 @@ def test_subnet_at_each_resolution_equals_its_export(family, tmp_path):
     model, net, _ = converted(family)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     cfg = net.sample(torch.Generator().manual_seed(3))
-    exported = net.save_subnet(tmp_path / "sub", cfg).eval()
+    exported = net.save_subnet(tmp_path / "sub", cfg, calibration_data="current").eval()
     loaded = load_subnet(tmp_path / "sub")
     assert json.loads((tmp_path / "sub" / "subnet.json").read_text())["arch_config"]["resolution"] == cfg["resolution"]
     assert sum(p.numel() for p in exported.parameters()) < sum(p.numel() for p in model.parameters())
@@ -76,7 +76,7 @@ def test_subnet_at_each_resolution_equals_its_export(family, tmp_path):
             torch.testing.assert_close(loaded(resized(x, size)), expected, atol=1e-5, rtol=1e-4)
         assert size_now == size
     # the resolution changes no module: the same config at another resolution has the same parameters
-    assert sum(p.numel() for p in net.export({**cfg, "resolution": 32}).parameters()) == sum(
+    assert sum(p.numel() for p in net.export({**cfg, "resolution": 32}, calibration_data="current").parameters()) == sum(
         p.numel() for p in exported.parameters())
 
 
@@ -84,6 +84,6 @@ def test_resolution_only_space():
     model = tiny_resnet("bottle", layers=(1, 1, 1, 1))
     net = to_supernet(model, SearchSpaceConfig(width=None, depth=None, resolution=(32, 64)))
     assert net.space.names() == ["resolution"] and net.space.num_subnets == 2
-    exported = net.export(net.min_config())
+    exported = net.export(net.min_config(), calibration_data="current")
     assert type(exported) is type(model) and not isinstance(exported, nn.Sequential)
     assert [t.shape for t in exported.state_dict().values()] == [t.shape for t in model.state_dict().values()]

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from lightning_elastic import ConfigError, SearchSpaceConfig, to_supernet
-from lightning_elastic.training.calibration import batchnorm_modules, default_forward, recalibrated_bn
+from lightning_elastic.supernet import calibration as primitives
+from lightning_elastic.training.calibration import batchnorm_modules, calibrate_bn_, default_forward, recalibrated_bn
 from tests._models import snapshot, tiny_resnet
 
 
@@ -49,7 +50,8 @@ def test_stats_are_cumulative_batch_statistics_of_the_active_prefix_and_restored
             var = torch.stack([x.var(dim=(0, 2, 3), unbiased=True) for x in inputs]).mean(0)
             torch.testing.assert_close(m.running_mean[:width], mean, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(m.running_var[:width], var, rtol=1e-4, atol=1e-5)
-            assert int(m.num_batches_tracked) == 3 and m.momentum is None
+            # the model's own momentum inside the block: an export made here ships it unchanged
+            assert int(m.num_batches_tracked) == 3 and m.momentum == 0.1
             checked += 1 if width < m.num_features else 0
         assert checked >= 3  # some BNs really were sliced
         # the recalibrated statistics are the ones eval mode uses
@@ -97,3 +99,66 @@ def test_errors(supernet):
     with pytest.raises(TypeError, match=r"cannot feed a batch of type str to the model; allowed: a Tensor.*HINT"):
         default_forward(model, "not a batch")
     assert default_forward(nn.Linear(2, 3), {"input": torch.randn(1, 2), "y": 0}).shape == (1, 3)
+
+
+def test_old_import_path_re_exports_the_supernet_primitives():
+    assert recalibrated_bn is primitives.recalibrated_bn and calibrate_bn_ is primitives.calibrate_bn_
+    assert default_forward is primitives.default_forward and batchnorm_modules is primitives.batchnorm_modules
+
+
+def _min_subnet_stats(drop_path_rate: float, state: dict | None = None) -> tuple[dict, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    model = tiny_resnet("basic", layers=(2, 2, 2, 2), drop_path_rate=drop_path_rate, drop_rate=0.5)
+    with torch.no_grad():  # timm zero-initialises each block's last BN: make the residual branches matter
+        for m in batchnorm_modules(model):
+            m.weight.uniform_(0.5, 1.5)
+    if state is not None:
+        model.load_state_dict(state)
+    net = to_supernet(model, SearchSpaceConfig(width=(0.5, 1.0)))
+    net.select(net.min_config())
+    model.train()
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(8, 3, 32, 32, generator=g) for _ in range(4)]
+    with recalibrated_bn(model, batches, num_batches=4):
+        stats = [torch.cat([m.running_mean, m.running_var]) for m in batchnorm_modules(model)]
+    return model.state_dict(), stats
+
+
+def test_only_norm_layers_train_while_estimating_so_drop_path_and_dropout_stay_off():
+    state, with_drop_path = _min_subnet_stats(drop_path_rate=0.5)
+    _, reference = _min_subnet_stats(drop_path_rate=0.0, state=state)  # same weights, no stochastic depth
+    for a, b in zip(with_drop_path, reference):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_every_modules_training_flag_is_restored(supernet):
+    model, net = supernet
+    model.train()
+    model.layer2.eval()  # a frozen part in eval mode inside a training model
+    flags = {n: m.training for n, m in model.named_modules()}
+    seen: list[bool] = []
+    hook = model.layer1.register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    with recalibrated_bn(model, [torch.randn(2, 3, 32, 32)], num_batches=1):
+        assert {n: m.training for n, m in model.named_modules()} == flags
+    hook.remove()
+    assert seen == [False]  # blocks (their drop-path) ran in eval mode; only BN layers trained
+    assert {n: m.training for n, m in model.named_modules()} == flags
+
+
+def test_calibrate_bn_in_place_equals_the_block(supernet):
+    model, net = supernet
+    net.select(net.min_config())
+    batches = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+    with recalibrated_bn(model, batches, num_batches=2):
+        inside = snapshot(model)
+    assert calibrate_bn_(model, batches, num_batches=2) == 2
+    after = snapshot(model)
+    assert all(torch.equal(after[k], v) for k, v in inside.items())
+    assert all(m.momentum == 0.1 for m in batchnorm_modules(model)) and not model.training
+    assert calibrate_bn_(model, [], num_batches=2) == 0  # nothing to estimate from: statistics kept
+    assert all(torch.equal(snapshot(model)[k], v) for k, v in after.items())
+    with pytest.raises(ConfigError, match=r"`num_batches` got 1.5; allowed: an integer >= 0.*HINT"):
+        calibrate_bn_(model, batches, num_batches=1.5)
+    with pytest.raises(TypeError, match=r"cannot feed a batch of type str"):
+        calibrate_bn_(model, ["oops"], num_batches=1)
+    assert all(torch.equal(snapshot(model)[k], v) for k, v in after.items())  # restored after the error

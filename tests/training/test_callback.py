@@ -172,9 +172,9 @@ def test_resolution_dim_resizes_inputs_per_subnet():
     cb = ElasticTraining(SearchSpaceConfig(width=None, resolution=(8, 12, 16)), validate_subnets=("max", "min"),
                          bn_calibration_batches=0)
     trainer(callbacks=[cb], max_steps=1, limit_val_batches=1).fit(module, loader(8), loader(8))
-    # one step: max (16 px), two random, min (8 px); then validation of min (8) and max (16)
+    # one step: max (16 px), two random, min (8 px); then validation of max (16) and min (8), in the order given
     assert seen[0] == 16 and seen[3] == 8 and set(seen) <= {8, 12, 16}
-    assert seen[-2:] == [8, 16]
+    assert seen[-2:] == [16, 8]
 
 
 def test_explicit_validation_subnets_and_external_teacher():
@@ -196,7 +196,7 @@ def test_validate_and_resume_from_checkpoint_in_new_process_state(tmp_path):
     tr.fit(module, loader(16), loader(8))
     ckpt = tr.checkpoint_callback.best_model_path
     state = torch.load(ckpt, weights_only=False)["callbacks"]
-    (saved,) = [v for k, v in state.items() if k.startswith("ElasticTraining")]
+    saved = state["ElasticTraining"]  # the stable key older checkpoints use too
     assert saved["subnets_trained"] == 8 and saved["supernet"]["adapter"] == "timm-resnet"
     assert saved["model_attr"] == "model"
     # a fresh (unconverted) module validates the checkpoint: conversion happens in setup("validate")
@@ -245,6 +245,24 @@ def test_bad_arguments():
         ElasticTraining(seed="0")
     with pytest.raises(ConfigError, match=r"`calibration_forward` got 3; allowed: None or a callable.*HINT"):
         ElasticTraining(calibration_forward=3)
+
+
+def test_progressive_phases_that_are_not_pairs():
+    with pytest.raises(ConfigError, match=r"`phases` has an invalid phase \[1, 2\]; allowed: a Phase or a \(start_epoch, "
+                                          r"\{kind: n \| None\}\) pair.*HINT"):
+        ElasticTraining(sampler="progressive", phases=[[1, 2]])
+    with pytest.raises(ConfigError, match=r"`phases` has an invalid phase \(1, \{'depth': 0\}\);.*n an integer >= 1.*HINT"):
+        ElasticTraining(sampler="progressive", phases=[(0, {}), (1, {"depth": 0})])
+    with pytest.raises(ConfigError, match=r"`phases` got 'depth'; allowed: a list of Phase.*HINT"):
+        ElasticTraining(sampler="progressive", phases="depth")
+
+
+def test_two_elastic_training_callbacks_in_one_trainer():
+    module = LitClassifier()
+    tr = trainer(callbacks=[ElasticTraining(), ElasticTraining()], max_steps=1)  # Lightning accepts them as built
+    with pytest.raises(ConfigError, match=r"`callbacks` holds 2 ElasticTraining callbacks; allowed: one per Trainer.*HINT"):
+        tr.fit(module, loader(8))
+    assert get_supernet(module.model) is None and "training_step" not in vars(module)  # refused before converting
 
 
 def test_module_without_convertible_model():
