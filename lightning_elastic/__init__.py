@@ -13,12 +13,13 @@ from lightning_elastic.core.errors import (
     ElasticError,
     ExportError,
     RegistryError,
+    UncalibratedExportWarning,
     UnsupportedModelError,
 )
 from lightning_elastic.core.registry import register_adapter, registered_adapters
 from lightning_elastic.core.space import SearchSpace
 from lightning_elastic.supernet.io import load_subnet, save_subnet
-from lightning_elastic.supernet.supernet import Supernet, find_supernet, get_supernet, to_supernet
+from lightning_elastic.supernet.supernet import Supernet, find_supernet, get_supernet, require_supernet, to_supernet
 
 __version__ = "0.1.0"
 
@@ -34,12 +35,14 @@ __all__ = [
     "SearchSpace",
     "SearchSpaceConfig",
     "Supernet",
+    "UncalibratedExportWarning",
     "UnsupportedModelError",
     "find_supernet",
     "get_supernet",
     "load_subnet",
     "register_adapter",
     "registered_adapters",
+    "require_supernet",
     "save_subnet",
     "to_supernet",
 ]

@@ -55,7 +55,7 @@ def check_calibration_args(calibration_data: Any, calibration_batches: Any, forw
 
     Raises:
         ConfigError: ``calibration_data`` is not None, ``'current'`` or an iterable of batches; ``calibration_batches``
-            is not an integer >= 1; ``forward_fn`` is not callable.
+            is not an integer >= 1 (checked when there are batches); ``forward_fn`` is not callable.
     """
     if isinstance(calibration_data, torch.Tensor):
         raise ConfigError(
@@ -70,7 +70,9 @@ def check_calibration_args(calibration_data: Any, calibration_batches: Any, forw
             "statistics, with a warning), 'current' (the statistics as they are now are this subnet's own) or an "
             "iterable of batches. HINT: pass a few training batches, e.g. your train dataloader."
         )
-    if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or calibration_batches < 1:
+    has_batches = not (calibration_data is None or isinstance(calibration_data, str))  # else the count is unused
+    if has_batches and (isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int)
+                        or calibration_batches < 1):
         raise ConfigError(
             f"`calibration_batches` got {calibration_batches!r}; allowed: an integer >= 1. HINT: 10 to 50 batches "
             "are usually enough to estimate BatchNorm statistics."
@@ -187,6 +189,13 @@ _SUPERNET_TYPES: tuple[type, ...] = (ElasticDim, Axis, ChannelGroup, ElasticOp, 
 
 def _points_back(value: Any, depth: int = 0) -> bool:
     """Whether ``value`` (or what it holds, two levels deep) is a piece of the supernet machinery."""
+    try:
+        return _points_back_unsafe(value, depth)
+    except Exception:  # noqa: BLE001 - an object that cannot be inspected (odd __getattr__) is not ours
+        return False
+
+
+def _points_back_unsafe(value: Any, depth: int) -> bool:
     from lightning_elastic.supernet.supernet import Supernet
 
     if isinstance(value, _SUPERNET_TYPES + (Supernet,)) or isinstance(getattr(value, "parent", None), ElasticDim):

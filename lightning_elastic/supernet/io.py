@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,7 +80,8 @@ def save_subnet(model_or_supernet: nn.Module | Supernet, directory: str | Path, 
         "num_params": sum(p.numel() for p in exported.parameters()),
     }
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    tmp = _sibling(directory, "partial")
+    tmp.mkdir()  # not tempfile.mkdtemp: its 0o700 mode would become the saved folder's
     try:
         save_file(_contiguous_state(exported), str(tmp / WEIGHTS))
         (tmp / INFO).write_text(json.dumps(info, indent=2))
@@ -109,13 +110,20 @@ def _check_target(directory: Path) -> None:
         )
 
 
+def _sibling(directory: Path, tag: str) -> Path:
+    """A free hidden name beside ``directory`` (same file system, so renames are atomic)."""
+    while True:
+        path = directory.parent / f".{directory.name}.{tag}-{uuid.uuid4().hex[:8]}"
+        if not path.exists():
+            return path
+
+
 def _move_into_place(tmp: Path, directory: Path) -> None:
     """Rename the complete ``tmp`` folder to ``directory``; an existing one is moved aside first, then deleted."""
     if not directory.exists():
         tmp.rename(directory)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-    old.rmdir()
+    old = _sibling(directory, "old")
     directory.rename(old)
     try:
         tmp.rename(directory)

@@ -112,13 +112,14 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
         model: a supported model (timm ResNet / EfficientNet / MobileNetV3 / ViT, HF BERT / Llama / ViT, peft LoRA).
         config: the search space to build; defaults to the family's paper space. Keyword arguments are a shortcut
             for ``SearchSpaceConfig(**kwargs)``.
-        adapter: force an adapter (name or instance) instead of auto-detection.
+        adapter: force an adapter (name or instance) instead of auto-detection; it must match the model.
 
     Returns:
         The :class:`Supernet`; converting an already converted model returns its existing Supernet (idempotent).
 
     Raises:
-        UnsupportedModelError: no adapter matches. ConversionError / ConfigError: the space does not fit the model.
+        UnsupportedModelError: no adapter matches, or the forced ``adapter`` does not (the message lists those that
+            do). ConversionError / ConfigError: the space does not fit the model. The model is unchanged then.
 
     Example:
         >>> net = to_supernet(timm.create_model("resnet18"), width=(0.5, 1.0))  # doctest: +SKIP

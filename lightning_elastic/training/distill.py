@@ -2,6 +2,11 @@
 
 The soft targets are the max subnet's outputs, detached (BigNAS in-place distillation), or an external frozen
 teacher's. Outputs may be tensors, tuples/lists (first element), dicts or HF-style objects with ``.logits``.
+
+Both losses follow Hinton et al.'s temperature convention: distributions softened by ``T`` and the loss scaled by
+``T²``, so the gradient's size does not shrink as ``1/T²`` and ``kd_weight`` means the same at every temperature.
+Token-level logits (``[B, T, V]``) are averaged over the positions the ``attention_mask`` keeps (see
+:func:`distill_term`): padding is neither a target nor a student position.
 """
 
 from __future__ import annotations
@@ -83,15 +88,62 @@ def alpha_divergence(student: torch.Tensor, teacher: torch.Tensor, temperature: 
     """AlphaNet's adaptive alpha-divergence (Wang et al., 2021): per sample, the larger of D_{α-} and D_{α+},
     with importance weights clipped at ``iw_clip``.
 
-    The value is the divergence; the gradient is AlphaNet's clipped surrogate gradient.
+    The value is the divergence between the distributions softened by ``temperature``, times ``temperature²``
+    (the convention of :func:`kl_divergence`: at ``alpha_min = alpha_max = 1`` both are the same loss, value and
+    gradient); the gradient is AlphaNet's clipped surrogate gradient, scaled alike.
+
+    Example:
+        >>> s, t = torch.randn(4, 5), torch.randn(4, 5)
+        >>> bool(torch.isclose(alpha_divergence(s, t, 2.0, 1.0, 1.0), kl_divergence(s, t, 2.0)))
+        True
     """
     s, t = _flat(student / temperature, teacher.detach() / temperature)
     left, grad_left = _f_divergence(s, t, alpha_min, iw_clip)
     right, grad_right = _f_divergence(s, t, alpha_max, iw_clip)
     pick_left = (left > right).to(left.dtype)
-    value = (pick_left * left + (1 - pick_left) * right).mean()
-    surrogate = (pick_left * grad_left + (1 - pick_left) * grad_right).mean()
+    scale = temperature**2
+    value = (pick_left * left + (1 - pick_left) * right).mean() * scale
+    surrogate = (pick_left * grad_left + (1 - pick_left) * grad_right).mean() * scale
     return value.detach() + surrogate - surrogate.detach()
+
+
+def attention_mask_of(inputs: tuple[tuple, dict] | None, batch: Any = None) -> torch.Tensor | None:
+    """The padding mask of a forward: its ``attention_mask=`` argument, else the batch's ``'attention_mask'``."""
+    mask = inputs[1].get("attention_mask") if inputs is not None else None
+    if mask is None and isinstance(batch, Mapping):
+        mask = batch.get("attention_mask")
+    return mask if isinstance(mask, torch.Tensor) else None
+
+
+def token_positions(student: torch.Tensor, teacher: torch.Tensor,
+                    mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-level logits ``[B, T, V]`` at the positions ``mask`` ``[B, T]`` keeps (non-zero), as ``[N, V]``.
+
+    Anything else (sequence-level ``[B, C]`` logits, no mask, a mask of another shape, mismatched logits) is
+    returned unchanged.
+    """
+    if (mask is None or student.ndim != 3 or student.shape != teacher.shape or mask.ndim != 2
+            or tuple(mask.shape) != tuple(student.shape[:2])):
+        return student, teacher
+    keep = mask.to(student.device) != 0
+    return student[keep], teacher[keep]
+
+
+def distill_term(loss_fn: DistillLoss, student: torch.Tensor, teacher: torch.Tensor,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``loss_fn`` over the non-padded positions (see :func:`token_positions`); 0 when every position is padding.
+
+    Example:
+        >>> s, t = torch.randn(2, 4, 7), torch.randn(2, 4, 7)
+        >>> mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+        >>> masked = distill_term(kl_divergence, s, t, mask)
+        >>> bool(torch.isclose(masked, kl_divergence(torch.cat([s[0], s[1, :2]]), torch.cat([t[0], t[1, :2]]))))
+        True
+    """
+    student, teacher = token_positions(student, teacher, mask)
+    if student.ndim == 2 and student.shape[0] == 0:  # no position to distil: no term (not a 0/0 NaN)
+        return student.sum() * 0.0
+    return loss_fn(student, teacher)
 
 
 DISTILL_LOSSES: dict[str | None, str] = {"inplace-kl": "kl", "alpha-divergence": "alpha", None: "none"}

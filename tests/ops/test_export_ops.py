@@ -119,3 +119,20 @@ def test_export_does_not_share_tables_with_the_op():
     exported = op.export_module()
     exported.register_forward_hook(lambda *a: None)
     assert not op._forward_hooks
+
+
+class SloppyLinear(ElasticLinear):
+    """A buggy op: its export gains an attribute a plain nn.Linear does not have."""
+
+    def _export_attributes(self, new: nn.Linear) -> None:
+        super()._export_attributes(new)
+        new.active_out = new.out_features
+
+
+def test_an_op_whose_export_gains_attributes_is_refused():
+    from lightning_elastic import ExportError
+
+    op = SloppyLinear.from_module(nn.Linear(N, N), out_axis=dim("o"))
+    with pytest.raises(ExportError, match=r"the export of a SloppyLinear kept attributes \['active_out'\] that a plain "
+                                          r"Linear does not have\. HINT: this is a bug in the op"):
+        op.export_module()

@@ -16,7 +16,7 @@ from lightning_elastic import (
 )
 from lightning_elastic.ops.base import ElasticOp
 from lightning_elastic.supernet.supernet import require_supernet
-from tests._models import assert_same_state, snapshot, tiny_resnet
+from tests._models import TinyMLP, TinyMLPAdapter, assert_same_state, snapshot, tiny_resnet
 
 
 def test_a_forced_adapter_that_does_not_fit_the_model():
@@ -54,3 +54,34 @@ def test_export_and_save_need_a_converted_model(tmp_path):
         save_subnet("resnet", tmp_path / "sub")
     assert list(tmp_path.iterdir()) == []
     assert require_supernet(wrapper[1]) is net and require_supernet(net) is net
+
+
+class LeakyAdapter(TinyMLPAdapter):
+    """A buggy adapter: its ``finalize_export`` links the export back to the supernet."""
+
+    name = "test-tiny-mlp-leaky"
+
+    def __init__(self, leak: str) -> None:
+        super().__init__()
+        self.leak = leak
+
+    def finalize_export(self, model, supernet, cfg) -> None:
+        if self.leak == "dim":
+            model.head.depth_dim = supernet.space["blocks.depth"]
+        else:
+            model.head.weight = supernet.model.head.weight
+
+
+@pytest.mark.parametrize(("leak", "match"), [
+    ("dim", r"the export still holds attributes that point back into the supernet: \['head\.depth_dim'\]\. HINT: this "
+            r"is a bug in adapter 'test-tiny-mlp-leaky'"),
+    ("tensor", r"exported tensors \['head\.weight'\] share storage with the supernet\. HINT: this is a bug in adapter "
+               r"'test-tiny-mlp-leaky'"),
+])
+def test_an_export_pointing_back_into_the_supernet_is_refused(leak, match):
+    model = TinyMLP()
+    net = to_supernet(model, SearchSpaceConfig(), adapter=LeakyAdapter(leak))
+    before = snapshot(model)
+    with pytest.raises(ExportError, match=match):
+        net.export(net.min_config())
+    assert_same_state(model, before)

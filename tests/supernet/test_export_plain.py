@@ -100,21 +100,28 @@ def test_saved_export_is_the_size_of_its_state_dict():
     assert _size(exported) < 1.05 * state + 200_000  # module structure only on top of the tensors
 
 
+CALLS: list[int] = []
+
+
+def _users_hook(*args) -> None:
+    CALLS.append(1)
+
+
 def test_lightning_elastic_hooks_stay_with_the_supernet():
     from lightning_elastic.training.tap import ModelTap
 
-    model = tiny_resnet()
+    model = tiny_resnet().eval()
     net = to_supernet(model, SearchSpaceConfig(width=(0.5, 1.0), resolution=(16, 32)))
     tap = ModelTap(net)  # as during ElasticTraining: resizes inputs and captures outputs
-    calls: list[int] = []
-    model.register_forward_hook(lambda *args: calls.append(1))  # the user's own hook travels with the model
+    CALLS.clear()
+    model.register_forward_hook(_users_hook)  # the user's own hook travels with the model
     exported = net.export(net.min_config(), calibration_data="current")
     assert not exported._forward_pre_hooks and not exported._forward_pre_hooks_with_kwargs
     assert len(exported._forward_hooks) == 1 and not exported._forward_hooks_with_kwargs
     assert _size(exported) < 1.05 * _size(exported.state_dict()) + 200_000  # no copy of the tap or the supernet
     exported(torch.randn(1, 3, 16, 16))
-    assert calls == [1]
+    assert CALLS == [1]
     tap.capturing = True
     model(torch.randn(1, 3, 32, 32))  # the supernet keeps its hooks, in order
-    assert tap.output is not None and calls == [1, 1]
+    assert tap.output is not None and CALLS == [1, 1]
     assert len(model._forward_pre_hooks) == 1 and len(model._forward_hooks) == 2
