@@ -4,7 +4,7 @@ Public API: convert (:func:`to_supernet`), train (:class:`ElasticTraining`, :cla
 (:class:`SubnetSearch`) and export (:meth:`Supernet.export`, :func:`save_subnet`, :func:`load_subnet`).
 """
 
-from lightning_elastic.adapters.base import Adapter, ConversionPlan
+from lightning_elastic.adapters.base import Adapter, ConversionPlan, LayerStack
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import (
@@ -16,21 +16,26 @@ from lightning_elastic.core.errors import (
     UncalibratedExportWarning,
     UnsupportedModelError,
 )
+from lightning_elastic.core.importance import ActivationImportance
 from lightning_elastic.core.registry import register_adapter, registered_adapters
 from lightning_elastic.core.space import SearchSpace
+from lightning_elastic.supernet.importance import BlockInfluence
 from lightning_elastic.supernet.io import load_subnet, save_subnet
 from lightning_elastic.supernet.supernet import Supernet, find_supernet, get_supernet, require_supernet, to_supernet
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationImportance",
     "Adapter",
+    "BlockInfluence",
     "ConfigError",
     "ConversionError",
     "ConversionPlan",
     "ElasticDim",
     "ElasticError",
     "ExportError",
+    "LayerStack",
     "RegistryError",
     "SearchSpace",
     "SearchSpaceConfig",

@@ -7,7 +7,8 @@ the frozen ``base_layer`` is sliced, and ``lora_A`` (input) / ``lora_B`` (output
 base and its adapters always stay consistent.
 
 Dimensions (names are relative to the HF layer list, the same for every family):
-    ``layers.depth``: layers kept (trailing layers dropped by default).
+    ``layers.depth``: layers kept: trailing layers are dropped by default; with calibration data the least
+        influential go first (``SearchSpaceConfig.depth_importance``), decoders always keep layer 0.
     ``layers.{i}.attn.heads``: query heads of layer ``i`` (total count). With grouped-query attention every KV head
         is kept and the same number of query heads is dropped from each KV group, so values are multiples of
         ``num_key_value_heads`` and ``head_dim`` is never sliced (RoPE). Without GQA, whole heads (q, k and v) go.
@@ -27,7 +28,7 @@ from typing import Any
 from torch import nn
 
 from lightning_elastic.adapters._build import OpSpecs
-from lightning_elastic.adapters.base import ConversionPlan
+from lightning_elastic.adapters.base import ConversionPlan, LayerStack
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
 from lightning_elastic.core.dims import ChannelGroup, ElasticDim
 from lightning_elastic.core.errors import ConfigError, ConversionError
@@ -213,6 +214,15 @@ def check_depth_order(order: list[int] | None, n: int, family: str) -> None:
         )
 
 
+def _mixed_layer_types(model: nn.Module) -> str | None:
+    """Why the layer order is fixed: HF models index ``config.layer_types`` (sliding / full attention) by position."""
+    types = getattr(getattr(model, "config", None), "layer_types", None)
+    if isinstance(types, list | tuple) and len(set(types)) > 1:
+        return (f"its layers differ in type ({sorted(set(map(str, types)))} in config.layer_types), and the model "
+                "picks each layer's attention mask by position, so only trailing layers can be dropped")
+    return None
+
+
 def plan_layout(model: nn.Module, layout: Layout, config: SearchSpaceConfig, plan: ConversionPlan,
                 specs: OpSpecs, *, depth_auto: tuple[float, ...] | None, depth_order: list[int] | None = None) -> None:
     """Add the dims and op specs of ``layout`` to ``plan`` / ``specs`` (touches nothing in ``model``)."""
@@ -222,6 +232,9 @@ def plan_layout(model: nn.Module, layout: Layout, config: SearchSpaceConfig, pla
     depth = ElasticDim("layers.depth", resolve_choices(config.depth, n, depth_auto, "depth"), n, kind="depth")
     plan.dims.append(depth)
     plan.replace(layout.layers, lambda m, d=depth, o=depth_order: ElasticModuleList.from_module(m, d, o))
+    # decoders keep layer 0 first: the KV cache reads the sequence length from it (exports renumber layers anyway)
+    plan.layer_stacks[depth.name] = LayerStack(layout.layers, first=(0,) if layout.causal else (),
+                                               order=depth_order, fixed=_mixed_layer_types(model))
 
     hidden_choices = resolve_choices(config.embed_dim, layout.hidden, None, "embed_dim")
     if len(hidden_choices) > 1 and layout.hidden_blockers:

@@ -23,6 +23,24 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class LayerStack:
+    """The residual layers a depth dim chooses from, so ``to_supernet`` can order them by measured importance.
+
+    Attributes:
+        path: qualified name of the container (``nn.ModuleList`` / ``nn.Sequential``) the depth dim replaces; each
+            child maps hidden states to hidden states of the same shape.
+        first: layers every order must start with (a decoder's layer 0: the KV cache reads the length from it).
+        order: an order the adapter already fixed (``HFBertAdapter(depth_order=...)``), or None.
+        fixed: why this stack must keep its order (e.g. layers of different types indexed by position), or None.
+    """
+
+    path: str
+    first: tuple[int, ...] = ()
+    order: list[int] | None = None
+    fixed: str | None = None
+
+
+@dataclass
 class ConversionPlan:
     """What an adapter wants done.
 
@@ -31,12 +49,15 @@ class ConversionPlan:
         replacements: ``(qualified module name, factory)``; ``factory(original) -> elastic module``.
         after_apply: callables run once after every swap (bind attributes such as ``num_heads`` to dims).
         meta: JSON-serialisable facts needed to rebuild the original model in :meth:`Adapter.build_original`.
+        layer_stacks: ``{depth dim name: LayerStack}`` for depth dims whose layers may be kept in any order (what
+            ``SearchSpaceConfig.depth_importance`` reorders); depth dims not listed always drop trailing blocks.
     """
 
     dims: list[ElasticDim] = field(default_factory=list)
     replacements: list[tuple[str, Callable[[nn.Module], nn.Module]]] = field(default_factory=list)
     after_apply: list[Callable[[], None]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    layer_stacks: dict[str, LayerStack] = field(default_factory=dict)
 
     def replace(self, name: str, factory: Callable[[nn.Module], nn.Module]) -> None:
         self.replacements.append((name, factory))

@@ -1,7 +1,8 @@
 """timm VisionTransformer family: ViT, DeiT (incl. distilled), register tokens, avg pooling, LayerScale, GLU MLPs.
 
 Dimensions (AutoFormer-like):
-    ``depth``: transformer blocks kept (trailing blocks are dropped).
+    ``depth``: transformer blocks kept (trailing blocks are dropped; with calibration data the least influential,
+        see ``SearchSpaceConfig.depth_importance``).
     ``blocks.{i}.attn.heads``: attention heads of block ``i`` (fused qkv rows and proj columns, ``head_dim`` fixed).
     ``blocks.{i}.mlp.hidden``: MLP hidden width of block ``i``, i.e. ``fc2``'s in-features (``fc1`` out; for
         GluMlp / SwiGLU both the gate and the value halves).
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_elastic.adapters._build import OpSpecs, couple_in, couple_out
-from lightning_elastic.adapters.base import Adapter, ConversionPlan
+from lightning_elastic.adapters.base import Adapter, ConversionPlan, LayerStack
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConfigError, ConversionError, ExportError
@@ -140,6 +141,7 @@ class TimmViTAdapter(Adapter):
                            resolve_choices(config.depth, n, None, "depth"), n, kind="depth")
         plan.dims.append(depth)
         plan.replace("blocks", lambda m, d=depth: ElasticSequential.from_module(m, d))
+        plan.layer_stacks[depth.name] = LayerStack("blocks")  # pre-norm residual blocks: any subset can run
         embed = self._plan_embed(model, config, plan, specs)
         for i, (block, kind) in enumerate(zip(blocks, mlp_kinds)):
             self._plan_heads(f"blocks.{i}", block.attn, config, plan, specs)

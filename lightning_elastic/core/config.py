@@ -89,7 +89,15 @@ class SearchSpaceConfig:
         resolution: input resolutions; a dim the training loop uses, not the model.
         overrides: ``{dim name or glob: [choices]}`` with absolute values, applied last.
         exclude: dim names or globs kept at full size.
-        importance: ``'l1'`` (default), ``'l2'``, a callable, or None to keep the original channel order.
+        importance: how channels / neurons / heads are ordered, so a narrower choice keeps the most important:
+            ``'auto'`` (default) is ``'activation'`` when ``to_supernet`` gets ``calibration_data`` and ``'l1'``
+            otherwise (data-driven importance beats weight norms by orders of magnitude on pretrained LLMs;
+            L1 is the fallback without data); ``'activation'`` (needs data), ``'l1'``, ``'l2'``, a callable
+            ``(group, n_units) -> scores``, or None to keep the original order.
+        depth_importance: which layers a smaller depth keeps (transformer adapters): ``'auto'`` (default) is
+            ``'influence'`` with calibration data, else the first layers; ``'influence'`` (ShortGPT block
+            influence on calibration data, needs data); None (the first layers); or an explicit
+            ``{depth dim: [layer indices, most important first]}``, which is what a converted supernet records.
         kernel_transform: learn OFA kernel transformation matrices (adds Parameters).
     """
 
@@ -105,7 +113,8 @@ class SearchSpaceConfig:
     resolution: Sequence[int] | None = None
     overrides: dict[str, list[int]] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)
-    importance: str | Callable | None = "l1"
+    importance: str | Callable | None = "auto"
+    depth_importance: str | dict[str, list[int]] | None = "auto"
     kernel_transform: bool = False
 
     def __post_init__(self) -> None:
@@ -143,10 +152,12 @@ class SearchSpaceConfig:
                 )
         self.overrides = {k: [int(c) for c in v] for k, v in self.overrides.items()}
         self.exclude = _check_globs("exclude", self.exclude)
-        if self.importance is not None and not callable(self.importance):
-            from lightning_elastic.core.importance import resolve_importance
+        from lightning_elastic.core.importance import check_depth_importance, check_importance
 
-            resolve_importance(self.importance)
+        check_importance(self.importance)
+        check_depth_importance(self.depth_importance)
+        if isinstance(self.depth_importance, dict):  # YAML / JSON give lists; keep one form for to_dict comparisons
+            self.depth_importance = {k: [int(i) for i in v] for k, v in self.depth_importance.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (a callable importance is stored as None)."""

@@ -13,22 +13,19 @@ instance attribute, removed at teardown; the class is untouched):
 3. the last subnet's loss is returned to Lightning, which runs its backward, clipping, AMP scaling, accumulation,
    optimizer and scheduler steps as usual.
 
-Under DDP all subnet forwards happen inside one DDP forward, so only the last backward all-reduces; it reduces the
-whole ``.grad`` tensors, early subnets' gradients included (the standard gradient-accumulation pattern). Parameters
-the last subnet skips (blocks cut by elastic depth, unused kernel transforms; read off its autograd graph) get a
-zero-valued term so every rank reduces every parameter and none waits forever. Those that no subnet of the optimizer
-step reached get their ``.grad`` set back to None before the optimizer step, as on one device, so weight decay and
-momentum leave them alone.
+Under DDP only the last backward all-reduces; :mod:`~lightning_elastic.training.ddp` keeps every rank's reducer
+complete. The BigNAS rules around each subnet's pass: dropout / drop-path only on the max subnet
+(:mod:`~lightning_elastic.training.regularization`, switched back after the step's last backward, so activation
+checkpointing recomputes what was run), distillation over non-padded positions only, optionally of hidden states
+too (:mod:`~lightning_elastic.training.inplace`), every depth choice trained in turn (the samplers' ``cover_depth``).
 
 What users see: ``on_before_backward``/``on_after_backward`` run once per subnet; values the ``training_step`` logs
-are logged for every subnet (the step value is the last subnet's, epoch means average all subnets); the module's
-class is never modified.
+keep their plain key (the step value is the last subnet's, epoch means average all subnets) and are logged per subnet
+group too (``train_loss/max``, ``/min``, ``/random``; see :mod:`~lightning_elastic.training.train_logs`); the
+module's class is never modified.
 
-Manual optimization (``automatic_optimization = False``) is refused in ``setup`` with a clear error: there the user's
-``training_step`` owns backward and ``optimizer.step()``, so the callback cannot insert the other subnets' passes.
-Switching modules to manual optimization ourselves (NNI's approach) was rejected: it would re-implement clipping,
-accumulation, AMP and scheduler stepping, and break user modules that rely on them. Users who want their own loop
-select subnets themselves with ``get_supernet(model).subnet(cfg)`` and a :class:`Sampler`.
+Manual optimization is refused in ``setup`` (the user's ``training_step`` owns backward and the optimizer step there;
+why we do not switch modules to it ourselves: docs/design.md, "Training loop").
 """
 
 from __future__ import annotations
@@ -46,18 +43,23 @@ from typing_extensions import override
 
 from lightning_elastic.adapters.base import Adapter
 from lightning_elastic.core.config import SearchSpaceConfig
-from lightning_elastic.core.errors import ConfigError, UnsupportedModelError
-from lightning_elastic.core.registry import find_adapter, get_adapter
-from lightning_elastic.supernet.supernet import Supernet, find_supernet, get_supernet, to_supernet
-from lightning_elastic.training.distill import DistillLoss, logits_of, resolve_distill
+from lightning_elastic.core.errors import ConfigError
+from lightning_elastic.supernet.supernet import Supernet, get_supernet, to_supernet
+from lightning_elastic.training.ddp import UnusedParameterGrads, params_outside_graph, reached_leaves
+from lightning_elastic.training.discovery import find_model
+from lightning_elastic.training.distill import DistillLoss, resolve_distill
+from lightning_elastic.training.inplace import InplaceDistillation
+from lightning_elastic.training.regularization import REGULARIZE, RegularizationSwitch
 from lightning_elastic.training.samplers import (
     DelayedShrinkingSampler,
     ProgressiveShrinkingSampler,
     Sampler,
     StepContext,
+    check_flag,
     resolve_sampler,
 )
 from lightning_elastic.training.tap import ModelTap
+from lightning_elastic.training.train_logs import SubnetTrainLogs
 from lightning_elastic.training.validation import SubnetValidator, parse_validate_subnets, resolve_configs
 
 
@@ -82,11 +84,19 @@ class ElasticTraining(Callback):
             ``'nested'`` (SortedNet) or a :class:`~lightning_elastic.training.samplers.Sampler`.
         num_random: random subnets per step besides max/min (sandwich: 4 subnets per step with 2).
         distill: ``'inplace-kl'``, ``'alpha-divergence'`` (AlphaNet), None, or ``(student, teacher) -> loss``.
-            Soft targets are the max subnet's detached outputs, or ``teacher``'s when given.
+            Soft targets are the max subnet's detached outputs, or ``teacher``'s when given. Token-level logits
+            (``[B, T, V]``) are distilled at the positions the forward's ``attention_mask`` (or the batch's
+            ``'attention_mask'``) keeps, so padding counts for nothing; ``[B, C]`` logits are unaffected. The term
+            is logged as ``train_kd/<group>``.
         kd_weight: the subnets' loss is ``(1 - kd_weight) * label_loss + kd_weight * kd_loss`` (BigNAS uses 1.0).
-        temperature: distillation temperature.
+        temperature: distillation temperature; both built-in losses soften by ``T`` and scale by ``T²``.
         teacher: optional frozen external teacher (e.g. the original pretrained model); then the max subnet is
             distilled too.
+        distill_hidden: weight of a hidden-state term (0 or False: off; True: 1.0): each child's last hidden states
+            (the transformers backbone's ``last_hidden_state``, non-padded positions) are pulled to the max
+            subnet's by a relative squared error, TinyBERT-style, logged as ``train_hidden/<group>``. Hugging Face
+            models only. Off by default: BigNAS/OFA distil logits only; turn it on for pretrained transformers with
+            elastic depth, whose shallow children must reproduce the full depth's last hidden state.
         validate_subnets: subnets validated each epoch, each in a complete validation epoch of its own (your epoch
             hooks and torchmetrics included), logged as ``<key>/<tag>``: ``('max', 'min')``, configs, or
             ``{tag: 'max' | 'min' | config}``. The first is also logged under the plain keys that ``ModelCheckpoint``
@@ -96,12 +106,25 @@ class ElasticTraining(Callback):
             for every subnet and epoch, and for :class:`~lightning_elastic.search.measure.SubnetMeasurer`.
         calibration_forward: ``(model, batch) -> output`` for calibration; default: first element / dict inputs.
         seed: sampling seed; subnets are a pure function of ``(seed, global_step)``.
+        regularize: which subnets train with the model's dropout / drop-path: ``'max'`` (default, BigNAS: the small
+            children underfit with it, only the biggest overfits without it; the others run with every dropout
+            probability set to 0, restored exactly after the step; a sampler without a max subnet, ``'uniform'``,
+            then trains without any) or ``'all'`` (every subnet, as OFA does and as before this option).
+        cover_depth: the random subnets cycle through every depth choice (each block of ``len(choices)`` random
+            subnets trains each once, other dims uniformly random), so no intermediate depth is left to chance
+            (default True; applies to samplers given by name, set it on a Sampler instance yourself).
         phases: progressive-shrinking phases (``sampler='progressive'``), see :class:`ProgressiveShrinkingSampler`.
         shrink_start: fraction of training before shrinking starts (``sampler='delayed'``).
 
+    Logs: what ``training_step`` logs keeps its plain key and is also logged per subnet group each step
+    (``train_loss/max``, ``train_loss/min``, ``train_loss/random``: the mean over the step's random subnets); a key
+    logged with ``prog_bar=True`` shows its ``/max`` value on the bar. The distillation terms: ``train_kd/<group>``,
+    ``train_hidden/<group>``.
+
     Raises:
         ConfigError: an invalid argument (each names the argument, the value and what is allowed); in ``setup``, a
-            second ``ElasticTraining`` in the same Trainer.
+            second ``ElasticTraining`` in the same Trainer, or ``distill_hidden`` on a model without a transformers
+            backbone.
 
     Example:
         >>> trainer = L.Trainer(callbacks=[ElasticTraining(SearchSpaceConfig(width=(0.5, 1.0)))])  # doctest: +SKIP
@@ -114,7 +137,8 @@ class ElasticTraining(Callback):
                  teacher: nn.Module | None = None,
                  validate_subnets: Sequence[str | Mapping[str, int]] | Mapping[str, Any] | None = ("max", "min"),
                  bn_calibration_batches: int = 10, calibration_forward: Callable | None = None, seed: int = 0,
-                 phases: Sequence | None = None, shrink_start: float = 0.25) -> None:
+                 phases: Sequence | None = None, shrink_start: float = 0.25, regularize: str = "max",
+                 cover_depth: bool = True, distill_hidden: bool | float = 0.0) -> None:
         if space is not None and not isinstance(space, SearchSpaceConfig):
             raise ConfigError(f"`space` got a {type(space).__name__}; allowed: a SearchSpaceConfig or None. "
                               "HINT: space=SearchSpaceConfig(width=(0.5, 0.75, 1.0), depth='auto').")
@@ -124,11 +148,16 @@ class ElasticTraining(Callback):
         if isinstance(num_random, bool) or not isinstance(num_random, int) or num_random < 0:
             raise ConfigError(f"`num_random` got {num_random!r}; allowed: an integer >= 0. "
                               "HINT: num_random=2 gives BigNAS's 4 subnets per step.")
+        if regularize not in REGULARIZE:
+            raise ConfigError(f"`regularize` got {regularize!r}; allowed: {list(REGULARIZE)}. HINT: regularize='max' "
+                              "(BigNAS: dropout and drop-path on the max subnet only) or 'all' (every subnet).")
+        self.regularize = regularize
+        self.cover_depth = check_flag("cover_depth", cover_depth)
         if sampler == "progressive":
-            sampler = ProgressiveShrinkingSampler(phases, num_random=num_random)
+            sampler = ProgressiveShrinkingSampler(phases, num_random=num_random, cover_depth=cover_depth)
         elif sampler == "delayed":
-            sampler = DelayedShrinkingSampler(num_random, start=shrink_start)
-        self.sampler = resolve_sampler(sampler, num_random)
+            sampler = DelayedShrinkingSampler(num_random, start=shrink_start, cover_depth=cover_depth)
+        self.sampler = resolve_sampler(sampler, num_random, cover_depth)
         self.distill_fn: DistillLoss | None = resolve_distill(distill, _number("temperature", temperature, 0, 1e3,
                                                                                low_open=True))
         self.distill = distill
@@ -139,6 +168,9 @@ class ElasticTraining(Callback):
         if teacher is not None and distill is None:
             raise ConfigError("`teacher` was given but `distill` is None. HINT: set distill='inplace-kl' to use it.")
         self.teacher = teacher
+        self.distill_hidden = float(distill_hidden) if isinstance(distill_hidden, bool) else _number(
+            "distill_hidden", distill_hidden, 0.0, 1e3)
+        self._inplace = InplaceDistillation(self.distill_fn, self.kd_weight, teacher, self.distill_hidden)
         self._validate_items = parse_validate_subnets(validate_subnets)
         if isinstance(bn_calibration_batches, bool) or not isinstance(bn_calibration_batches, int) or \
                 bn_calibration_batches < 0:
@@ -169,42 +201,11 @@ class ElasticTraining(Callback):
         self._total_steps: float | None = None
         self._converted_name: str | None = None
         self._key_settled = False  # see state_key
-        self._phantom: dict[int, nn.Parameter] = {}  # DDP: grads only our zero-valued terms made (see _elastic_step)
-        self._reached: set[int] = set()
-        self._pending_skipped: list[nn.Parameter] | None = None
+        self._ddp = UnusedParameterGrads()
+        self._regularization: RegularizationSwitch | None = None
+        self._bar_on_max = False  # the sampler trains the max subnet: the progress bar shows its keys
 
     # -- setup ---------------------------------------------------------------------------------------------
-    def _find_model(self, pl_module: L.LightningModule) -> nn.Module:
-        if self.model_attr is not None:
-            try:
-                return pl_module.get_submodule(self.model_attr)
-            except AttributeError as err:
-                children = [n for n, _ in pl_module.named_children()]
-                raise ConfigError(f"`model_attr` got {self.model_attr!r}, which is not a submodule of "
-                                  f"{type(pl_module).__name__}; its submodules: {children}. "
-                                  "HINT: name the attribute holding the network.") from err
-        found = find_supernet(pl_module)
-        if found is not None:
-            return found[1].model
-        forced = get_adapter(self.adapter) if isinstance(self.adapter, str) else self.adapter
-        for _, module in pl_module.named_modules():
-            if module is pl_module:
-                continue
-            if forced is not None:
-                if forced.matches(module):
-                    return module
-                continue
-            try:
-                find_adapter(module)
-            except UnsupportedModelError:
-                continue
-            return module
-        children = {n: type(m).__name__ for n, m in pl_module.named_children()}
-        raise UnsupportedModelError(
-            f"`model_attr`=None: no submodule of {type(pl_module).__name__} is a model a registered adapter can "
-            f"convert (submodules: {children}). HINT: pass model_attr='...' for a supported model, or register an "
-            "adapter with lightning_elastic.register_adapter.")
-
     @property
     @override
     def state_key(self) -> str:
@@ -231,7 +232,7 @@ class ElasticTraining(Callback):
                 f"`{type(pl_module).__name__}.automatic_optimization` is False; ElasticTraining supports automatic "
                 "optimization only (it runs each subnet's backward and lets Lightning step). HINT: use automatic "
                 "optimization, or drive subnets yourself with `get_supernet(model).subnet(cfg)` in your loop.")
-        model = self._find_model(pl_module)
+        model = find_model(pl_module, self.model_attr, self.adapter)
         existing = get_supernet(model)
         if existing is not None and self.space is not None and existing.config.to_dict() != self.space.to_dict():
             raise ConfigError(
@@ -250,8 +251,9 @@ class ElasticTraining(Callback):
             self._validator.install(trainer, loop)
         self._converted_name = next(n for n, m in pl_module.named_modules() if m is model)
         if self._tap is None:
-            self._tap = ModelTap(self.supernet)
+            self._tap = ModelTap(self.supernet, hidden=self.distill_hidden > 0)
         self._trainer, self._module = trainer, pl_module
+        self._regularization = RegularizationSwitch(pl_module)
         if stage == "fit" and "training_step" not in pl_module.__dict__:
             self._install(pl_module)
         rank_zero_info(f"ElasticTraining: {self.supernet!r}, sampler {self.sampler!r}")
@@ -278,7 +280,9 @@ class ElasticTraining(Callback):
             pl_module.__dict__.pop(name, None)
         for loop in (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop):
             SubnetValidator.uninstall(loop)
-        self._phantom, self._reached, self._pending_skipped = {}, set(), None
+        self._ddp.reset()
+        if self._regularization is not None:
+            self._regularization.restore()
         if self._tap is not None:
             self._tap.remove()
             self._tap = None
@@ -290,9 +294,9 @@ class ElasticTraining(Callback):
         self._total_steps = None
         if self.teacher is not None:
             self.teacher.to(pl_module.device).eval().requires_grad_(False)
-        if self.distill_fn is not None and self.teacher is None and not any(
-                tag == "max" for tag, _ in self.sampler.sample(self.supernet.space, StepContext(10**9, 10**9, 1.0),
-                                                               torch.Generator().manual_seed(0))):
+        late = self.sampler.sample(self.supernet.space, StepContext(10**9, 10**9, 1.0), torch.Generator().manual_seed(0))
+        self._bar_on_max = any(tag == "max" for tag, _ in late)
+        if self.distill_fn is not None and self.teacher is None and not self._bar_on_max:
             rank_zero_warn(f"ElasticTraining: distill={self.distill!r} but sampler {self.sampler.name!r} never trains "
                            "the max subnet, so there are no soft targets; pass `teacher=` for distillation.")
 
@@ -308,113 +312,87 @@ class ElasticTraining(Callback):
         """The ``(tag, config)`` subnets trained at the trainer's current step."""
         return self.sampler.subnets(self.supernet.space, self.step_context(trainer), self.seed)
 
-    def _soft_targets(self, tag: str) -> torch.Tensor | None:
-        if self.teacher is not None:
-            args, kwargs = self._tap.inputs
-            with torch.no_grad():
-                return logits_of(self.teacher(*args, **kwargs)).detach()
-        if tag == "max":
-            return logits_of(self._tap.output).detach()
-        return None
-
     @override
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        # the step's last backward (after Lightning's zero_grad): skipped params without a grad yet get only zeros
-        if self._pending_skipped is not None:
-            for p in self._pending_skipped:
-                if p.grad is None or id(p) in self._phantom:
-                    self._phantom[id(p)] = p
-            self._pending_skipped = None
+        self._ddp.before_backward()
 
     @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        # DDP only: a parameter no subnet of this optimizer step reached keeps no gradient, as on one device
-        for key, p in self._phantom.items():
-            if key not in self._reached:
-                p.grad = None
-        self._phantom, self._reached = {}, set()
+        self._ddp.before_optimizer_step()
 
-    @staticmethod
-    def reached_leaves(loss: torch.Tensor) -> set[int]:
-        """``id`` of every leaf tensor ``loss``'s backward writes a gradient to."""
-        reached: set[int] = set()
-        seen: set[int] = set()
-        stack = [loss.grad_fn] if loss.grad_fn is not None else []
-        while stack:
-            fn = stack.pop()
-            if id(fn) in seen:
-                continue
-            seen.add(id(fn))
-            variable = getattr(fn, "variable", None)  # AccumulateGrad nodes hold the leaf they write to
-            if variable is not None:
-                reached.add(id(variable))
-            stack.extend(f for f, _ in fn.next_functions if f is not None)
-        return reached
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # after the last subnet's backward (not at the end of its forward): activation checkpointing recomputes
+        # the forward inside backward, which must see the probabilities the forward ran with
+        self._regularization.restore()
 
-    @staticmethod
-    def params_outside_graph(loss: torch.Tensor, params: Sequence[nn.Parameter]) -> list[nn.Parameter]:
-        """The trainable ``params`` that ``loss``'s backward would not reach.
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._regularization is not None:
+            self._regularization.restore()
 
-        Under DDP (without ``find_unused_parameters``) every rank must produce a gradient for every parameter in
-        the last backward, or the reducer waits forever / fails on the next step. Which parameters the last subnet
-        skips depends on every elastic dim (blocks cut by depth, OFA kernel-transform matrices unused at the full
-        kernel, …), so they are read off the autograd graph itself rather than guessed per dim kind.
-        """
-        reached = ElasticTraining.reached_leaves(loss)
-        return [p for p in params if p.requires_grad and id(p) not in reached]
+    reached_leaves = staticmethod(reached_leaves)
+    params_outside_graph = staticmethod(params_outside_graph)
+
+    def _select_regularization(self, tag: str) -> None:
+        if self.regularize == "max" and tag != "max":
+            self._regularization.off()
+        else:
+            self._regularization.restore()
 
     def _elastic_step(self, step_fn: Callable, zero_grad_fn: Callable, batch: Any, batch_idx: int, *args: Any,
                       **kwargs: Any) -> Any:
-        trainer, tap = self._trainer, self._tap
+        trainer, tap, module = self._trainer, self._tap, self._module
         subnets = self.subnets_for_step(trainer)
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         accumulate = trainer.accumulate_grad_batches
-        if batch_idx % accumulate == 0:  # a new optimizer step: nothing reached yet
-            self._phantom, self._reached = {}, set()
-        self._pending_skipped = None
+        self._ddp.start(new_window=batch_idx % accumulate == 0)
         if len(subnets) > 1 and optimizer is not None and batch_idx % accumulate == 0:
             zero_grad_fn(trainer.current_epoch, batch_idx, optimizer)
             self._skip_zero_grad = True
         ddp = trainer.world_size > 1
-        targets = None
+        own_log = module.__dict__.get("log")
+        logs = SubnetTrainLogs(module.log, self._bar_on_max)
+        module.log = logs
         tap.capturing = True
         try:
             for i, (tag, cfg) in enumerate(subnets):
                 self.supernet.select(cfg)
+                self._select_regularization(tag)
+                logs.tag = tag
                 output = step_fn(batch, batch_idx, *args, **kwargs)
                 loss = output.get("loss") if isinstance(output, Mapping) else output
-                if loss is None:  # the user skipped this batch
+                if loss is None:  # the user skipped this batch: no backward follows
                     self._skip_zero_grad = False
+                    self._regularization.restore()
+                    logs.flush()
                     return output
-                if self.distill_fn is not None:
-                    if i == 0 or self.teacher is not None:
-                        targets = self._soft_targets(tag) if targets is None else targets
-                    student = logits_of(tap.output)
-                    if targets is not None and student is not None and (tag != "max" or self.teacher is not None):
-                        kd = self.distill_fn(student, targets)
-                        loss = (1.0 - self.kd_weight) * loss + self.kd_weight * kd
+                loss = self._inplace(tag, i == 0, loss, tap, batch, logs)
                 self.subnets_trained += 1
-                if ddp:
-                    reached = self.reached_leaves(loss)
-                    self._reached |= reached
+                reached = self._ddp.track(loss) if ddp else set()
                 if i == len(subnets) - 1:
-                    if ddp:
-                        # every rank must reduce every parameter: a zero-valued term for those this subnet skips.
-                        # Those no subnet of the step used get a zero .grad from it, where one device has None (no
-                        # weight decay, no momentum): on_before_backward / on_before_optimizer_step undo that.
-                        skipped = [p for p in self._module.parameters() if p.requires_grad and id(p) not in reached]
-                        loss = loss + sum((p.sum() * 0 for p in skipped), loss.new_zeros(()))
-                        self._pending_skipped = skipped
+                    if ddp:  # every rank must reduce every parameter: a zero-valued term for those this one skips
+                        loss = self._ddp.complete(loss, module.parameters(), reached)
                     self.last_subnets = [t for t, _ in subnets]
+                    logs.flush()
                     return {**output, "loss": loss} if isinstance(output, Mapping) else loss
                 # free this subnet's graph now: backward before the next subnet's forward
                 trainer.strategy.backward(loss / accumulate, optimizer)
                 tap.clear()
                 del output, loss
+        except BaseException:
+            self._regularization.restore()
+            raise
         finally:
             tap.capturing = False
             tap.clear()
+            self._inplace.clear()  # the soft targets ([B, T, V] for an LLM) are not kept past the step
+            if own_log is None:
+                module.__dict__.pop("log", None)
+            else:
+                module.log = own_log
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -5,12 +5,21 @@ Every sampler is a pure function of ``(seed, step, progress)``: :meth:`Sampler.s
 communicating, and a run resumed from a checkpoint replays exactly the subnets an uninterrupted run would have used.
 A step's subnets are ``(tag, config)`` pairs; the tag ``"max"`` marks the full subnet, whose outputs are the soft
 targets of in-place distillation, so it always comes first when present.
+
+Depth is covered, not left to chance (``cover_depth=True``, the default of the samplers that draw random subnets).
+With elastic depth a pretrained transformer's intermediate depths are the children people want, and uniform draws
+leave some of them untrained for long stretches (and on a short fine-tune, for good). So the random subnets take
+each depth dim's value from a seeded random permutation of its choices, a new permutation every ``len(choices)``
+random subnets: each block of ``len(choices)`` random subnets (counted from the run's first) trains every depth
+choice once, each dim in its own order, while every other dim stays uniformly random. The value is a function of ``(seed, step, index)`` only, so DDP
+ranks agree and resumed runs replay.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -24,11 +33,55 @@ Subnet = tuple[str, ArchConfig]
 
 @dataclass(frozen=True)
 class StepContext:
-    """Where training is: the optimizer step, the epoch and the fraction of training done (0..1)."""
+    """Where training is: the optimizer step, the epoch, the fraction of training done (0..1) and the run's seed."""
 
     step: int
     epoch: int = 0
     progress: float = 0.0
+    seed: int = 0
+
+
+#: dim kinds whose choices the random subnets cover in turn (``cover_depth``)
+COVERED_KINDS = ("depth",)
+
+
+def covering_choice(choices: Sequence[int], name: str, seed: int, counter: int) -> int:
+    """The choice of dim ``name`` for the ``counter``-th random subnet of a run: each block of ``len(choices)``
+    counters (0.., n..2n-1, …) takes every choice once, in a seeded random order per block and per dim.
+
+    Example:
+        >>> sorted(covering_choice([2, 3, 4], "layers.depth", 0, k) for k in range(3))
+        [2, 3, 4]
+    """
+    n = len(choices)
+    cycle, position = divmod(int(counter), n)
+    # crc32, not hash(): str hashes are salted per process, and DDP ranks must agree
+    key = ((int(seed) * 1_000_003 + cycle) * 7_919 + zlib.crc32(name.encode())) % (2**63 - 1)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(key))
+    return choices[int(order[position])]
+
+
+def check_flag(name: str, value: object) -> bool:
+    """``value`` if it is a bool (the ``cover_depth`` flags); else a ConfigError naming ``name``."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"`{name}` got {value!r}; allowed: True or False. HINT: {name}=True (the default) trains "
+                          "every depth choice in turn.")
+    return value
+
+
+def random_subnet(space: SearchSpace, ctx: StepContext, generator: torch.Generator, index: int,
+                  per_step: int, cover_depth: bool) -> ArchConfig:
+    """A uniformly random config; with ``cover_depth`` its depth dims cycle (see :func:`covering_choice`).
+
+    ``index`` is the subnet's place among the step's ``per_step`` random subnets.
+    """
+    cfg = space.sample(generator)  # drawn in full either way: the other dims' values do not depend on the flag
+    if cover_depth:
+        counter = ctx.step * per_step + index
+        for d in space:
+            if d.kind in COVERED_KINDS:
+                cfg[d.name] = covering_choice(d.choices, d.name, ctx.seed, counter)
+    return cfg
 
 
 def _check_count(name: str, value: object, minimum: int = 0) -> int:
@@ -51,7 +104,7 @@ class Sampler:
         """The subnets of step ``ctx.step``: deterministic in ``(seed, ctx)``."""
         # a fresh generator per step: no hidden RNG state to checkpoint, identical on every rank
         generator = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(ctx.step)) % (2**63 - 1))
-        return self.sample(space, ctx, generator)
+        return self.sample(space, replace(ctx, seed=int(seed)), generator)
 
     def state_dict(self) -> dict:
         return {"name": self.name}
@@ -61,43 +114,55 @@ class Sampler:
 
 
 class SandwichSampler(Sampler):
-    """BigNAS sandwich rule: the max subnet, ``num_random`` uniformly random subnets, then the min subnet.
+    """BigNAS sandwich rule: the max subnet, ``num_random`` random subnets, then the min subnet.
+
+    Args:
+        num_random: random subnets per step (BigNAS uses 2).
+        cover_depth: the random subnets' depth dims cycle through every choice (see the module docstring);
+            False: uniformly random like the other dims.
 
     Example:
         >>> SandwichSampler(num_random=2)  # 4 subnets per step: max, rand0, rand1, min
-        SandwichSampler(num_random=2)
+        SandwichSampler(num_random=2, cover_depth=True)
     """
 
     name = "sandwich"
 
-    def __init__(self, num_random: int = 2) -> None:
+    def __init__(self, num_random: int = 2, cover_depth: bool = True) -> None:
         self.num_random = _check_count("num_random", num_random)
+        self.cover_depth = check_flag("cover_depth", cover_depth)
 
     def sample(self, space: SearchSpace, ctx: StepContext, generator: torch.Generator) -> list[Subnet]:
         out = [("max", space.max_config())]
-        out += [(f"rand{i}", space.sample(generator)) for i in range(self.num_random)]
+        out += [(f"rand{i}", random_subnet(space, ctx, generator, i, self.num_random, self.cover_depth))
+                for i in range(self.num_random)]
         return out + [("min", space.min_config())]
 
 
 class UniformSampler(Sampler):
-    """``num_random`` uniformly random subnets per step (SPOS-style single-path training when 1)."""
+    """``num_random`` random subnets per step (SPOS-style single-path training when 1); ``cover_depth`` as in
+    :class:`SandwichSampler`."""
 
     name = "uniform"
 
-    def __init__(self, num_random: int = 1) -> None:
+    def __init__(self, num_random: int = 1, cover_depth: bool = True) -> None:
         self.num_random = _check_count("num_random", num_random, minimum=1)
+        self.cover_depth = check_flag("cover_depth", cover_depth)
 
     def sample(self, space: SearchSpace, ctx: StepContext, generator: torch.Generator) -> list[Subnet]:
-        return [(f"rand{i}", space.sample(generator)) for i in range(self.num_random)]
+        return [(f"rand{i}", random_subnet(space, ctx, generator, i, self.num_random, self.cover_depth))
+                for i in range(self.num_random)]
 
 
 class DelayedShrinkingSampler(Sampler):
-    """DεpS delayed shrinking: only the max subnet until ``start`` (fraction of training), then sandwich."""
+    """DεpS delayed shrinking: only the max subnet until ``start`` (fraction of training), then sandwich
+    (``cover_depth`` as in :class:`SandwichSampler`)."""
 
     name = "delayed"
 
-    def __init__(self, num_random: int = 2, start: float = 0.25) -> None:
+    def __init__(self, num_random: int = 2, start: float = 0.25, cover_depth: bool = True) -> None:
         self.num_random = _check_count("num_random", num_random)
+        self.cover_depth = check_flag("cover_depth", cover_depth)
         if isinstance(start, bool) or not isinstance(start, int | float) or not 0.0 <= start < 1.0:
             raise ConfigError(f"`start` got {start!r}; allowed: a fraction in [0, 1). HINT: start=0.25.")
         self.start = float(start)
@@ -105,7 +170,7 @@ class DelayedShrinkingSampler(Sampler):
     def sample(self, space: SearchSpace, ctx: StepContext, generator: torch.Generator) -> list[Subnet]:
         if ctx.progress < self.start:
             return [("max", space.max_config())]
-        return SandwichSampler(self.num_random).sample(space, ctx, generator)
+        return SandwichSampler(self.num_random, self.cover_depth).sample(space, ctx, generator)
 
 
 class NestedSampler(Sampler):
@@ -192,6 +257,8 @@ class ProgressiveShrinkingSampler(Sampler):
         phases: :class:`Phase` s or ``(start_epoch, {kind: n | None})`` pairs; default :data:`OFA_PHASES`
             (one epoch per phase; pass your own epochs for real runs).
         num_random: random subnets per step besides the max one (OFA uses 1-4).
+        cover_depth: once depth is open, the random subnets cycle through the phase's depth choices (as in
+            :class:`SandwichSampler`); False: uniformly random.
 
     Example:
         >>> ProgressiveShrinkingSampler([(0, {}), (5, {"depth": None}), (10, {"depth": None, "width": None})])
@@ -202,8 +269,9 @@ class ProgressiveShrinkingSampler(Sampler):
     name = "progressive"
 
     def __init__(self, phases: Sequence[Phase | tuple[int, Mapping[str, int | None]]] | None = None,
-                 num_random: int = 2) -> None:
+                 num_random: int = 2, cover_depth: bool = True) -> None:
         self.num_random = _check_count("num_random", num_random)
+        self.cover_depth = check_flag("cover_depth", cover_depth)
         phases = OFA_PHASES if phases is None else phases
         if isinstance(phases, str | Mapping) or not isinstance(phases, Sequence):
             raise ConfigError(f"`phases` got {phases!r}; allowed: a list of Phase or (start_epoch, {{kind: n | None}}) "
@@ -230,6 +298,8 @@ class ProgressiveShrinkingSampler(Sampler):
             for d, n in open_dims:
                 allowed = d.choices if n is None else d.choices[-n:]
                 cfg[d.name] = allowed[int(torch.randint(len(allowed), (1,), generator=generator))]
+                if self.cover_depth and d.kind in COVERED_KINDS:
+                    cfg[d.name] = covering_choice(allowed, d.name, ctx.seed, ctx.step * self.num_random + i)
             out.append((f"rand{i}", cfg))
         return out
 
@@ -238,8 +308,10 @@ SAMPLERS = {"sandwich": SandwichSampler, "uniform": UniformSampler, "progressive
             "delayed": DelayedShrinkingSampler, "nested": NestedSampler}
 
 
-def resolve_sampler(sampler: str | Sampler, num_random: int) -> Sampler:
+def resolve_sampler(sampler: str | Sampler, num_random: int, cover_depth: bool = True) -> Sampler:
     """A sampler instance from a name in :data:`SAMPLERS` or an instance (returned as is).
+
+    ``cover_depth`` goes to the samplers that draw random subnets (not ``'nested'``, whose subnets are levels).
 
     Raises:
         ConfigError: unknown name or wrong type.
@@ -248,8 +320,10 @@ def resolve_sampler(sampler: str | Sampler, num_random: int) -> Sampler:
         return sampler
     if isinstance(sampler, str) and sampler in SAMPLERS:
         if sampler == "uniform":
-            return UniformSampler(max(1, num_random))
-        return SAMPLERS[sampler](num_random=num_random)
+            return UniformSampler(max(1, num_random), cover_depth=cover_depth)
+        if sampler == "nested":
+            return NestedSampler(num_random=num_random)
+        return SAMPLERS[sampler](num_random=num_random, cover_depth=cover_depth)
     raise ConfigError(
         f"`sampler` got {sampler!r}; allowed: {sorted(SAMPLERS)} or a lightning_elastic.training.samplers.Sampler "
         "instance. HINT: sampler='sandwich' is BigNAS's rule (max + random + min)."

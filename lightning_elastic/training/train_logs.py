@@ -64,6 +64,11 @@ class SubnetTrainLogs:
         self._values.setdefault(name, {}).setdefault(subnet_group(self.tag), []).append(value)
         self._kwargs.setdefault(name, options)
 
+    def record(self, name: str, value: torch.Tensor) -> None:
+        """A value of the callback's own (the distillation term): logged per group only, on each step."""
+        self._values.setdefault(name, {}).setdefault(subnet_group(self.tag), []).append(value.detach().float())
+        self._kwargs.setdefault(name, {"on_step": True, "on_epoch": False})
+
     def flush(self) -> None:
         """Log ``<key>/<group>`` (the mean over the group's subnets of this step) for every key logged."""
         for name, groups in self._values.items():
