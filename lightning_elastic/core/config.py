@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 from lightning_elastic.core.errors import ConfigError
 
-Spec = Literal["auto"] | Sequence[float] | None
+# ints and floats mean different things (absolute sizes vs ratios): the type says so, so that LightningCLI / jsonargparse
+# keep YAML's [3, 5, 7] as ints instead of coercing them to floats
+Spec = Literal["auto"] | Sequence[int | float] | None
 
 
 #: fields whose floats are ratios of the full size (<= 1) and whose integers are absolute sizes
@@ -38,10 +40,12 @@ def _check_spec(name: str, value: Any) -> None:
     # would otherwise be read as absolute sizes and the ratios silently dropped
     big = [v for v in value if isinstance(v, float) and v > 1.0]
     if big:
+        whole = all(float(v).is_integer() for v in value)
         raise ConfigError(
             f"`{name}` got {tuple(value)!r}: floats are ratios of the full size and must be in (0, 1], but {big} "
-            "are above 1; allowed: ratios in (0, 1] or integer sizes. HINT: ratios such as "
-            f"{name}=(0.5, 0.75, 1.0), or absolute sizes written as integers, e.g. {name}=(32, 64)."
+            "are above 1; allowed: ratios in (0, 1] or integer sizes. HINT: "
+            + (f"write absolute sizes as integers: {name}={tuple(int(v) for v in value)!r}." if whole
+               else f"ratios such as {name}=(0.5, 0.75, 1.0), or integer sizes such as {name}=(32, 64).")
         )
     ratios = [v for v in value if isinstance(v, float)]
     sizes = [v for v in value if isinstance(v, int)]

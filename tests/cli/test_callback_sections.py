@@ -54,3 +54,12 @@ def test_unknown_section_argument_is_a_parse_error(capsys, tmp_path):
     with pytest.raises(SystemExit):
         build("--config", QUICKSTART, "--subnet_search.num_evls=8", tmp_path=tmp_path)
     assert "num_evls" in capsys.readouterr().err
+
+
+def test_yaml_integer_lists_stay_absolute_sizes(tmp_path):
+    # the space's list type used to be Sequence[float]: jsonargparse turned [3, 5, 7] into (3.0, 5.0, 7.0)
+    cli = build("--config", QUICKSTART, "--elastic.space.depth=[1, 2]", "--elastic.space.width=[0.5, 1.0]",
+                tmp_path=tmp_path)
+    [elastic] = callbacks(cli, ElasticTraining)
+    assert elastic.space.depth == (1, 2) and all(type(v) is int for v in elastic.space.depth)
+    assert elastic.space.width == (0.5, 1.0) and all(type(v) is float for v in elastic.space.width)

@@ -132,3 +132,9 @@ def test_check_explicit_fields():
     with pytest.raises(ConfigError, match=r"`depth` has absolute sizes \[3\] above the largest full size 2 .*would be "
                                           r"dropped\. HINT"):
         check_explicit_fields(SearchSpaceConfig(depth=(1, 3)), built, "test")
+
+
+def test_whole_floats_above_one_get_an_integer_hint():
+    with pytest.raises(ConfigError, match=r"`kernel` got \(3\.0, 5\.0, 7\.0\): floats are ratios .* HINT: write absolute "
+                                          r"sizes as integers: kernel=\(3, 5, 7\)\."):
+        SearchSpaceConfig(kernel=(3.0, 5.0, 7.0))
