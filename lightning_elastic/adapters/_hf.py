@@ -357,8 +357,10 @@ class HFTransformerAdapter:
     """Mixin with the parts every HF family adapter shares; a family implements :meth:`layout`.
 
     Args:
-        depth_order: which layers ``layers.depth`` keeps first: None drops trailing layers; a list of layer indices
-            (most important first) gives an importance-ordered depth.
+        depth_order: which layers ``layers.depth`` keeps first: None leaves it to ``SearchSpaceConfig.
+            depth_importance`` (block influence with calibration data, else trailing layers dropped); a list of layer
+            indices (most important first) fixes the order here. Prefer ``depth_importance={'layers.depth': [...]}``:
+            it travels with the space config into checkpoints and ``subnet.json``.
     """
 
     family = ""

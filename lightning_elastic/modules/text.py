@@ -10,7 +10,7 @@ import torchmetrics
 
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.modules.base import OptimizerMixin
-from lightning_elastic.modules.pretrained import resolve_pretrained
+from lightning_elastic.modules.pretrained import from_pretrained, resolve_pretrained
 
 
 def _from_config(auto_cls, model_config: dict[str, Any], **kwargs):
@@ -59,7 +59,7 @@ class SequenceClassifier(_HFModule):
             self.model = _from_config(AutoModelForSequenceClassification, model_config, num_labels=num_labels)
         else:
             folder, _ = resolve_pretrained(model_name_or_path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels)
+            self.model = from_pretrained(AutoModelForSequenceClassification, folder, num_labels=num_labels)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_labels)
         self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_labels)
 
@@ -100,7 +100,7 @@ class CausalLM(_HFModule):
         else:
             folder, gguf = resolve_pretrained(model_name_or_path, gguf_file)
             kwargs = {"gguf_file": gguf} if gguf else {}
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
+            model = from_pretrained(AutoModelForCausalLM, folder, dtype=torch.float32, **kwargs)
         if lora is not None:
             from peft import LoraConfig, get_peft_model
 

@@ -14,10 +14,11 @@ the same subnet measures the same whatever the global RNG (workers sharing a stu
 ``ElasticTraining`` validated it during training (same draw, same batches). :meth:`SubnetMeasurer.save_subnet`
 exports with statistics estimated on these same batches.
 
-Params and MACs come from one batch-1 forward of the *selected* supernet under ``FlopCounterMode`` (MACs = FLOPs / 2):
-elastic ops compute with prefix slices, so the count equals the exported model's (tested) without the export copy.
-They count what ships: for a peft LoRA supernet that is the export's merged model (see :func:`count_costs`).
-Latency is timed with ``torch.utils.benchmark`` on the exported subnet by default, since that is what ships.
+Params and MACs are exact and cheap: :mod:`lightning_elastic.search.costs` prices a config from tables built with a
+few traced forwards, equal to ``FlopCounterMode`` on the exported subnet (MACs = FLOPs / 2). They count what ships:
+for a peft LoRA supernet that is the export's merged model (see :func:`count_costs`). Latency is timed on the
+exported subnet by default, since that is what ships, with PyTorch, ONNX Runtime or the user's own function
+(:mod:`lightning_elastic.search.latency`).
 """
 
 from __future__ import annotations
@@ -31,12 +32,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_elastic.adapters._hf import is_lora_layer
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.core.space import ArchConfig
-from lightning_elastic.ops.base import ElasticOp
+from lightning_elastic.search.costs import count_costs, shape_at
+from lightning_elastic.search.latency import LatencyFn, MeasurementError, check_latency_backend, time_latency
 from lightning_elastic.search.objectives import COSTS
 from lightning_elastic.supernet.resize import resized_inputs
 from lightning_elastic.supernet.supernet import Supernet
@@ -73,81 +73,11 @@ def example_input(input_shape: tuple[int, ...], batch_size: int = 1, dtype: torc
     return torch.zeros((batch_size, *input_shape), dtype=dtype, device=device)
 
 
-def count_costs(supernet: Supernet, cfg: Mapping[str, int], input_shape: tuple[int, ...],
-                dtype: torch.dtype = torch.float32) -> dict[str, float]:
-    """Exact ``params`` and ``macs`` of subnet ``cfg`` at batch 1 (one forward of the selected supernet).
-
-    Params are those of the modules the forward actually runs (skipped blocks excluded), with elastic ops counted
-    at their active slice, each Parameter once. Both count the model that ships: peft LoRA layers run as their base
-    layer only, since export merges each adapter into its base weights (``save_subnet``'s main model is the merged
-    one; the optional ``peft_adapter/`` folder holds the same weights in unmerged form and is not counted again).
-
-    Example:
-        >>> count_costs(net, net.min_config(), (3, 32, 32))  # doctest: +SKIP
-        {'params': 1234.0, 'macs': 56789.0}
-    """
-    model = supernet.model
-    device = next(model.parameters()).device
-    shape = _shape_at(input_shape, supernet.resolution(cfg))
-    called: list[nn.Module] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, _a: called.append(mod)) for m in model.modules()]
-    was_training = model.training
-    try:
-        model.eval()
-        with supernet.subnet(cfg), _merged_lora(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example_input(shape, 1, dtype, device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    seen: dict[int, int] = {}
-    with supernet.subnet(cfg):
-        for module in {id(m): m for m in called}.values():
-            for name, p in module._parameters.items():
-                if p is None or id(p) in seen:
-                    continue
-                seen[id(p)] = module._slice(name).numel() if isinstance(module, ElasticOp) else p.numel()
-    return {"params": float(sum(seen.values())), "macs": counter.get_total_flops() / 2.0}
-
-
-@contextmanager
-def _merged_lora(model: nn.Module) -> Iterator[None]:
-    """Inside the block peft LoRA layers compute as their merged export does: base layer only (no adapter matmuls).
-
-    peft's ``disable_adapters`` flag is set directly rather than through ``enable_adapters(False)``, which would also
-    change the adapters' ``requires_grad``.
-    """
-    layers = [m for m in model.modules() if is_lora_layer(m) and hasattr(m, "_disable_adapters")]
-    saved = [m.__dict__.get("_disable_adapters") for m in layers]
-    for m in layers:
-        m._disable_adapters = True
-    try:
-        yield
-    finally:
-        for m, value in zip(layers, saved):
-            if value is None:
-                m.__dict__.pop("_disable_adapters", None)
-            else:
-                m._disable_adapters = value
-
-
-def _shape_at(input_shape: tuple[int, ...], resolution: int | None) -> tuple[int, ...]:
-    if resolution is None or len(input_shape) != 3:
-        return tuple(input_shape)
-    return (input_shape[0], resolution, resolution)
-
-
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1, device: str = "cpu",
                     min_run_time: float = 0.1, num_threads: int = 1, dtype: torch.dtype = torch.float32) -> float:
     """Median forward latency in milliseconds (``torch.utils.benchmark.Timer.blocked_autorange``)."""
-    from torch.utils import benchmark
-
-    model = model.to(device).eval()
-    x = example_input(input_shape, batch_size, dtype, device)
-    with torch.no_grad():
-        model(x)  # warm-up: allocator, cudnn autotune
-        timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=num_threads)
-        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+    return time_latency("torch", model, (example_input(input_shape, batch_size, dtype, device),), device,
+                        min_run_time, num_threads)
 
 
 class SubnetMeasurer:
@@ -168,6 +98,11 @@ class SubnetMeasurer:
         accelerator: accelerator of the validation Trainer (default: where ``pl_module`` lives).
         calibration_seed: seed of the calibration draw (default: the one ``ElasticTraining`` uses).
         forward_fn: ``(model, batch) -> output`` for calibration (default: first element / dict inputs).
+        latency_backend: ``"torch"``, ``"onnxruntime"`` or a callable ``(exported_model, example_inputs) ->
+            milliseconds`` (see :mod:`lightning_elastic.search.latency`).
+
+    Raises:
+        ConfigError: an unknown ``latency_backend``, or ``"onnxruntime"`` without the package.
 
     Example:
         >>> m = SubnetMeasurer(model, net, dm.val_dataloader(), dm.train_dataloader(), ["val_acc", "macs"])
@@ -179,7 +114,10 @@ class SubnetMeasurer:
                  names: Iterable[str], bn_calibration_batches: int = 10, input_shape: tuple[int, ...] | None = None,
                  latency_device: str = "cpu", latency_batch_size: int = 1, latency_of: str = "export",
                  latency_min_run_time: float = 0.1, accelerator: str | None = None,
-                 calibration_seed: int = CALIBRATION_SEED, forward_fn: Callable | None = None) -> None:
+                 calibration_seed: int = CALIBRATION_SEED, forward_fn: Callable | None = None,
+                 latency_backend: str | LatencyFn = "torch") -> None:
+        check_latency_backend(latency_backend, latency_device, latency_of)
+        self.latency_backend = latency_backend
         self.pl_module = pl_module
         self.supernet = supernet
         self.val_dataloaders = val_dataloaders
@@ -252,6 +190,7 @@ class SubnetMeasurer:
 
         Raises:
             ConfigError: a requested metric is not logged by the validation loop (the message lists those that are).
+            MeasurementError: the latency of this subnet could not be measured (its ``measured`` holds the rest).
         """
         cfg = self.supernet.space.validate(cfg)
         out = self.costs(cfg)
@@ -259,16 +198,26 @@ class SubnetMeasurer:
             out.update(self.validate(cfg))
         if "latency_ms" in self.names:
             start = time.perf_counter()
-            out["latency_ms"] = self.latency(cfg)
-            self.timings["latency_s"] += time.perf_counter() - start
+            try:
+                out["latency_ms"] = self.latency(cfg)
+            except MeasurementError as err:
+                err.measured = {**out, **err.measured}  # the failed trial keeps what was measured
+                raise
+            finally:
+                self.timings["latency_s"] += time.perf_counter() - start
         return out
 
     def latency(self, cfg: ArchConfig) -> float:
-        shape = _shape_at(self.input_shape, self.supernet.resolution(cfg))
+        """``latency_ms`` of subnet ``cfg`` with this measurer's ``latency_backend``.
+
+        Raises:
+            MeasurementError: the backend could not time this subnet (see :func:`time_latency`).
+        """
+        shape = shape_at(self.input_shape, self.supernet.resolution(cfg))
         if self.latency_of == "export":
             model = self.supernet.export(cfg, calibration_data="current")  # statistics do not change the timing
-            return measure_latency(model, shape, self.latency_batch_size, self.latency_device,
-                                   self.latency_min_run_time, dtype=self.input_dtype)
+            inputs = (example_input(shape, self.latency_batch_size, self.input_dtype, self._device),)
+            return time_latency(self.latency_backend, model, inputs, self.latency_device, self.latency_min_run_time)
         with self.supernet.subnet(cfg):
             return measure_latency(self.supernet.model, shape, self.latency_batch_size, self.latency_device,
                                    self.latency_min_run_time, dtype=self.input_dtype)

@@ -183,6 +183,11 @@ def _depth_plan(model: nn.Module, plan: ConversionPlan, space: SearchSpace, conf
     explicit, measure = {}, {}
     for name, stack in stacks.items():
         n = len(model.get_submodule(stack.path))
+        if stack.fixed and stack.order is not None and list(stack.order) != list(range(n)):
+            raise ConfigError(
+                f"`depth_order` got {stack.order!r}, but {stack.path!r} cannot be reordered: {stack.fixed}. "
+                "HINT: build the adapter without depth_order for this model."
+            )
         if isinstance(spec, dict) and name in spec:
             _check_order(name, spec[name], n, stack)
             explicit[stack.path] = list(spec[name])
@@ -227,8 +232,11 @@ def resolve_conversion_importance(model: nn.Module, plan: ConversionPlan, space:
             "model being converted), so it would silently fall back to L1. HINT: build it on the model you convert, "
             "or pass importance='activation' and calibration_data=... to to_supernet."
         )
-    scoring = any(d.kind in ("width", "heads", "rank") and d.groups for d in space)
-    activation = ActivationImportance(None) if scoring and have_data and name in ("auto", "activation") else None
+    # 'auto' records activations only where a Linear reads a group (a CNN's widths are read by convolutions: L1)
+    scored = any(isinstance(ct.module, nn.Linear) and ct.axis % ct.tensor.dim() == 1
+                 for d in space if d.kind in ("width", "heads", "rank") for g in d.groups for ct in g.tensors)
+    wanted = name == "activation" or (name == "auto" and scored)
+    activation = ActivationImportance(None) if have_data and wanted else None
     importance = activation if activation is not None else resolve_importance(name)
     result = ConversionImportance(importance)
     result.used["importance"] = ("activation" if activation is not None else "custom" if callable(name) else

@@ -159,10 +159,11 @@ def test_instatune_bert_recipe_on_the_real_minilm(tmp_path, sst2_like):
 
 
 @pytest.mark.slow
-def test_lonas_llama_recipe_with_a_tiny_llama(tmp_path, sst2_like):
+@pytest.mark.parametrize("name", ["lonas_llama", "llama_nas"])
+def test_llm_recipe_with_a_tiny_llama(tmp_path, sst2_like, name):
     tiny = {"model_type": "llama", "vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": True}
-    config = shrunk("lonas_llama", tmp_path, model={"init_args": {"model_config": tiny}},
+            "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": True}
+    config = shrunk(name, tmp_path, model={"init_args": {"model_config": tiny}},
                     data={"init_args": {"train_file": sst2_like["train"], "val_file": sst2_like["dev"],
                                         "block_size": 16, "batch_size": 2}})
     run_cli("fit", "--config", config)

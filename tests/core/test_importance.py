@@ -80,3 +80,44 @@ def test_segments_and_units_are_permuted_together():
     assert group.tensors[0].tensor is lin.weight
     expected = original.view(3, 2, 3, 4)[:, [1, 0]].reshape(18, 4)
     assert torch.equal(lin.weight.detach(), expected)
+
+
+def test_importance_names_and_the_data_free_fallback():
+    from lightning_elastic.core.importance import check_importance
+
+    for name in ("auto", "activation", "l1", "l2", None):
+        check_importance(name)
+    assert resolve_importance("auto") is IMPORTANCE["l1"]  # without data 'auto' is L1
+    with pytest.raises(ConfigError, match=r"`importance`='activation' scores units on real data, but "
+                                          r"`calibration_data` is None.*HINT: pass calibration_data="):
+        resolve_importance("activation")
+
+
+@pytest.mark.parametrize("value", ["first", {"layers.depth": []}, {"layers.depth": ["0", 1]}, {3: [0, 1]}, 3, {}])
+def test_bad_depth_importance(value):
+    from lightning_elastic import SearchSpaceConfig
+
+    with pytest.raises(ConfigError, match=r"`depth_importance` got .*; allowed: 'auto'.*'influence'.*HINT"):
+        SearchSpaceConfig(depth_importance=value)
+
+
+def test_depth_importance_round_trips_through_json():
+    import json
+
+    from lightning_elastic import SearchSpaceConfig
+
+    cfg = SearchSpaceConfig(depth_importance={"layers.depth": (0, 2, 1)})
+    assert cfg.depth_importance == {"layers.depth": [0, 2, 1]}
+    assert SearchSpaceConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert SearchSpaceConfig().importance == "auto" and SearchSpaceConfig().depth_importance == "auto"
+
+
+def test_real_tokens_drop_padding_rows_only_when_the_mask_fits():
+    from lightning_elastic.core.importance import real_tokens, token_mask
+
+    x = torch.arange(2 * 3 * 4, dtype=torch.float).reshape(2, 3, 4)
+    mask = token_mask({"input_ids": torch.zeros(2, 3), "attention_mask": torch.tensor([[1, 1, 0], [1, 0, 0]])})
+    assert torch.equal(real_tokens(x, mask), torch.stack([x[0, 0], x[0, 1], x[1, 0]]))
+    assert real_tokens(x, None).shape == (6, 4)
+    assert real_tokens(x.reshape(6, 4), mask).shape == (6, 4)  # a flattened tensor: the mask does not fit, keep all
+    assert token_mask((x, mask)) is None and token_mask({"pixel_values": x}) is None

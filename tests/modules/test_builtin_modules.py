@@ -11,6 +11,8 @@ TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "n
              "intermediate_size": 64, "vocab_size": 100}
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": 2, "intermediate_size": 64, "vocab_size": 100}
+TINY_VIT = {"model_type": "vit", "image_size": 16, "patch_size": 4, "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 64}
 
 
 def test_image_classifier_step():
@@ -76,3 +78,52 @@ def test_hf_image_classifier():
     assert module(torch.randn(2, 3, 16, 16)).shape == (2, 3)
     with pytest.raises(ConfigError, match="pass exactly one of `model_name_or_path`"):
         HFImageClassifier()
+
+
+def _saved_tiny(kind: str, folder) -> None:
+    """A tiny randomly initialised HF model written with ``save_pretrained`` (the modules then load it with
+    ``from_pretrained``, the path a real checkpoint takes)."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+    )
+
+    cfg = {"sequence": (AutoModelForSequenceClassification, TINY_BERT), "causal": (AutoModelForCausalLM, TINY_LLAMA),
+           "image": (AutoModelForImageClassification, TINY_VIT)}[kind]
+    config = dict(cfg[1])
+    cfg[0].from_config(AutoConfig.for_model(config.pop("model_type"), **config)).save_pretrained(folder)
+
+
+@pytest.mark.parametrize("kind", ["sequence", "causal", "image"])
+def test_pretrained_modules_fine_tune_in_train_mode(tmp_path, kind):
+    """``from_pretrained`` returns eval mode and Lightning keeps submodule modes as it finds them: the built-in
+    modules must hand Lightning a model in train mode (dropout on), also after a validation run."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from lightning_elastic.modules import HFImageClassifier
+
+    _saved_tiny(kind, tmp_path)
+    if kind == "image":
+        module = HFImageClassifier(model_name_or_path=str(tmp_path), num_labels=3)
+        data = [(torch.randn(3, 16, 16), i % 3) for i in range(4)]
+    else:
+        module = (SequenceClassifier(model_name_or_path=str(tmp_path), num_labels=2) if kind == "sequence"
+                  else CausalLM(model_name_or_path=str(tmp_path)))
+        ids = torch.randint(0, 100, (4, 6))
+        data = [{"input_ids": ids[i], "attention_mask": torch.ones(6, dtype=torch.long),
+                 "labels": ids[i] if kind == "causal" else torch.tensor(i % 2)} for i in range(4)]
+    in_eval: list[list[str]] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            in_eval.append([n for n, m in pl_module.named_modules() if not m.training])
+
+    trainer = L.Trainer(max_steps=3, val_check_interval=1, limit_val_batches=1, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[Record()])
+    loader = DataLoader(data, batch_size=2)
+    trainer.fit(module, loader, loader)
+    assert len(in_eval) == 3 and in_eval == [[], [], []]  # before and after each validation run

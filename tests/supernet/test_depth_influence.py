@@ -190,23 +190,26 @@ def test_hf_vit_is_ordered_by_influence():
         torch.testing.assert_close(model(**x).logits, reference(**x).logits, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("space", "data", "match"), [
-    (dict(depth_importance="influence"), False,
-     r"`depth_importance`='influence' measures each layer on real data, but `calibration_data` is None.*HINT"),
-    (dict(depth_importance={"layers.depth": [0, 1, 1, 2]}), False,
-     r"`depth_importance\['layers.depth'\]` got \[0, 1, 1, 2\], which is not an ordering of the 4 layers.*HINT"),
-    (dict(depth_importance={"layers.depth": [2, 0, 1, 3]}), False,
-     r"`depth_importance\['layers.depth'\]` got \[2, 0, 1, 3\]; this model needs layers \[0\] first.*HINT: put them "
-     r"first, e.g. \[0, 2, 1, 3\]"),
-    (dict(depth_importance={"depth": [0, 1]}), False,
-     r"`depth_importance` names \['depth'\], which are not reorderable depth dimensions of this model; allowed: "
-     r"\['layers.depth'\].*HINT"),
-    (dict(depth_importance="first"), False, r"`depth_importance` got 'first'; allowed: 'auto'.*HINT"),
+@pytest.mark.parametrize(("space", "match"), [
+    pytest.param(dict(depth_importance="influence"),
+                 r"`depth_importance`='influence' measures each layer on real data, but `calibration_data` is None"
+                 r".*HINT", id="influence-without-data"),
+    pytest.param(dict(depth_importance={"layers.depth": [0, 1, 1, 2]}),
+                 r"`depth_importance\['layers.depth'\]` got \[0, 1, 1, 2\], which is not an ordering of the 4 "
+                 r"layers.*HINT", id="not-a-permutation"),
+    pytest.param(dict(depth_importance={"layers.depth": [2, 0, 1, 3]}),
+                 r"`depth_importance\['layers.depth'\]` got \[2, 0, 1, 3\]; this model needs layers \[0\] first"
+                 r".*HINT: put them first, e.g. \[0, 2, 1, 3\]", id="decoder-layer-0-not-first"),
+    pytest.param(dict(depth_importance={"depth": [0, 1]}),
+                 r"`depth_importance` names \['depth'\], which are not reorderable depth dimensions of this model; "
+                 r"allowed: \['layers.depth'\].*HINT", id="unknown-dim"),
+    pytest.param(dict(depth_importance="first"), r"`depth_importance` got 'first'; allowed: 'auto'.*HINT",
+                 id="unknown-name"),
 ])
-def test_bad_depth_importance_is_refused_before_any_change(space, data, match):
+def test_bad_depth_importance_is_refused_before_any_change(space, match):
     model = _llama(4)
     with pytest.raises(ConfigError, match=match):
-        to_supernet(model, SearchSpaceConfig(**space), calibration_data=token_batches() if data else None)
+        to_supernet(model, SearchSpaceConfig(**space))
     assert not any(type(m).__name__.startswith("Elastic") for m in model.modules())
 
 
@@ -244,3 +247,54 @@ def test_layers_of_mixed_types_keep_their_positions():
                                           r"layers differ in type.*HINT"):
         to_supernet(model, SearchSpaceConfig(depth=(2, 3), depth_importance="influence"),
                     calibration_data=token_batches())
+
+
+def test_a_restored_checkpoint_keeps_the_measured_layers():
+    from lightning_elastic.search.checkpoint import restore_from_checkpoint
+
+    torch.manual_seed(0)
+    trained = torch.nn.Module()
+    trained.model = _llama(4)
+    _silence(trained.model.model.layers[2], LLAMA_BRANCHES)
+    pristine = copy.deepcopy(trained)
+    net = to_supernet(trained.model, SearchSpaceConfig(depth=(2, 3, 4)), calibration_data=token_batches())
+    assert net.depth_orders()["layers.depth"][-1] == 2
+    ckpt = {"callbacks": {"ElasticTraining": {"supernet": net.state_info(), "model_attr": "model"}},
+            "state_dict": trained.state_dict()}
+    restored = restore_from_checkpoint(pristine, ckpt)  # what `lightning-elastic search/export --ckpt_path` do
+    assert restored.depth_orders() == net.depth_orders()
+    cfg = {**net.min_config(), "layers.depth": 3}
+    x = token_batches()[0]
+    with net.subnet(cfg), restored.subnet(cfg), torch.no_grad():
+        torch.testing.assert_close(_hidden(pristine.model, x), _hidden(trained.model, x))
+
+
+def test_peft_lora_supernet_orders_the_base_layers_and_reloads(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = _llama(4)
+    _silence(base.model.layers[1], LLAMA_BRANCHES)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).eval()
+    net = to_supernet(model, SearchSpaceConfig(depth=(3, 4), rank=[2, 4]), calibration_data=token_batches())
+    assert net.depth_orders()["layers.depth"][-1] == 1
+    cfg = {**net.min_config(), "layers.0.mlp.hidden": 64}
+    net.select(cfg)
+    x = token_batches()[0]
+    with torch.no_grad():
+        expected = _hidden(model, x)
+    net.save_subnet(tmp_path, cfg)
+    reloaded = load_subnet(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(_hidden(reloaded, x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_adapter_order_on_layers_of_mixed_types_is_refused():
+    from lightning_elastic.adapters.hf_llama import HFLlamaAdapter
+
+    model = _decoder("Qwen2ForCausalLM", "Qwen2Config", num_hidden_layers=3, use_sliding_window=True,
+                     sliding_window=4, layer_types=["full_attention", "sliding_attention", "full_attention"])()
+    with pytest.raises(ConfigError, match=r"`depth_order` got \[0, 2, 1\], but '.*layers' cannot be reordered: its "
+                                          r"layers differ in type.*HINT"):
+        to_supernet(model, SearchSpaceConfig(depth=(2, 3)), adapter=HFLlamaAdapter(depth_order=[0, 2, 1]))
+    assert not any(type(m).__name__.startswith("Elastic") for m in model.modules())

@@ -126,13 +126,17 @@ def test_calibration_is_read_only_and_a_failing_forward_leaves_the_model_untouch
 
     with pytest.raises(ConversionError, match=r"running the model on `calibration_data` failed \(RuntimeError: boom\)"
                                               r"; nothing was converted. HINT: pass forward_fn="):
-        to_supernet(model, SearchSpaceConfig(depth=None), calibration_data=image_batches(32), forward_fn=broken)
+        to_supernet(model, SearchSpaceConfig(depth=None, importance="activation"), calibration_data=image_batches(32),
+                    forward_fn=broken)
     assert not any(type(m).__name__.startswith("Elastic") for m in model.modules())
     assert all(m.training for m in model.modules())  # flags restored
-    net = to_supernet(model, SearchSpaceConfig(depth=None, importance=None), calibration_data=image_batches(32))
-    assert net.importance_used["importance"] == "None"
+    ran = []
+    net = to_supernet(model, SearchSpaceConfig(depth=None, importance="activation"),
+                      calibration_data=image_batches(32), forward_fn=lambda m, b: ran.append(m(b[0])))
+    assert ran and net.importance_used["importance"] == "activation"
     for key, value in model.state_dict().items():  # BatchNorm statistics untouched: the pass ran in eval mode
-        assert torch.equal(value, state[key]), key
+        if key.endswith(("num_batches_tracked", "running_mean", "running_var")):  # (channels permuted, not changed)
+            assert torch.equal(value.flatten().sort().values, state[key].flatten().sort().values), key
     assert all(m.training for m in model.modules())
 
 
@@ -186,3 +190,18 @@ def test_activation_importance_needs_exactly_one_of_batch_and_batches():
         ActivationImportance(model)
     with pytest.raises(ConfigError, match=r"`batches` gave no batch.*HINT"):
         ActivationImportance(model, batches=[])
+
+
+def test_auto_on_a_cnn_with_data_stays_l1_and_runs_nothing():
+    calls = []
+
+    def counting(model, batch):
+        calls.append(1)
+        return model(batch[0])
+
+    model = _timm("resnet18")().eval()
+    reference = to_supernet(copy.deepcopy(model), SearchSpaceConfig(depth=None, importance="l1"))
+    net = to_supernet(model, SearchSpaceConfig(depth=None), calibration_data=image_batches(32), forward_fn=counting)
+    assert net.importance_used == {"importance": "l1", "depth_importance": "first layers"} and not calls
+    for d in net.space:  # convolutions read every width: the same order as L1
+        assert all(torch.equal(a, b) for a, b in zip(d.importance, reference.space[d.name].importance))
