@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,10 @@ class SubnetSearch(Callback):
         storage: Optuna RDB URL (default: SQLite ``output_dir/search.db``). study_name: the study in it.
         latency_device / latency_batch_size / latency_of: where and how latency is timed (``"export"`` or
             ``"supernet"``); latency_min_run_time: seconds of timing per subnet.
+        latency_backend: where ``latency_ms`` is timed: ``"torch"`` (PyTorch, default), ``"onnxruntime"`` (the
+            subnet exported to ONNX, in an ONNX Runtime session; ``pip install "lightning-elastic[onnx]"``) or a
+            callable ``(exported_model, example_inputs) -> milliseconds`` that times it on your device. A subnet
+            it cannot time is recorded as a failed trial, with the reason, and the search goes on.
         input_shape: per-sample input shape for MACs and latency (default: from the first validation batch).
         bn_calibration_batches: training batches used to re-estimate BatchNorm statistics per subnet: a fixed,
             seeded draw (the one ``ElasticTraining`` validates with), also used for the exported subnets.
@@ -70,14 +74,16 @@ class SubnetSearch(Callback):
                  storage: str | None = None, study_name: str = "subnet-search", latency_device: str = "cpu",
                  latency_batch_size: int = 1, latency_of: str = "export",
                  latency_min_run_time: float = 0.1, input_shape: Sequence[int] | None = None,
-                 bn_calibration_batches: int = 10, seed: int = 0, progress: bool = True) -> None:
+                 bn_calibration_batches: int = 10, seed: int = 0, progress: bool = True,
+                 latency_backend: str | Callable[..., float] = "torch") -> None:
         self.settings = SearchSettings(
             objectives=objectives, constraints=constraints, num_evals=num_evals, strategy=strategy, sampler=sampler,
             rounds=rounds, initial=initial, predictors=predictors, predictor_trials=predictor_trials,
             population_size=population_size, export_top=export_top, output_dir=output_dir, storage=storage,
             study_name=study_name, latency_device=latency_device, latency_batch_size=latency_batch_size,
             latency_of=latency_of, latency_min_run_time=latency_min_run_time, input_shape=input_shape,
-            bn_calibration_batches=bn_calibration_batches, seed=seed, progress=progress)
+            bn_calibration_batches=bn_calibration_batches, seed=seed, progress=progress,
+            latency_backend=latency_backend)
         self.result: SearchResult | None = None
 
     @override

@@ -18,16 +18,19 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_elastic.core.errors import ElasticError
 from lightning_elastic.core.space import ArchConfig, SearchSpace
 from lightning_elastic.search import study as st
+from lightning_elastic.search.latency import MeasurementError
 from lightning_elastic.search.measure import config_key
 from lightning_elastic.search.objectives import EXACT_COSTS, Objective, violations
 from lightning_elastic.search.predictors import Predictor, PredictorQuality, features, kendall_tau
 
 STRATEGIES = ("linas", "random", "evolution")
+#: consecutive failed measurements (a latency backend that fails every subnet) before the search stops
+MAX_CONSECUTIVE_FAILURES = 10
 
 
 def non_dominated_ranks(points: np.ndarray) -> np.ndarray:
@@ -106,6 +109,9 @@ class SearchLoop:
         self._heldout: list[tuple[dict[str, float], dict[str, float]]] = []
         self._gen = torch.Generator().manual_seed(seed)
         self._round = 0
+        # configs whose measurement failed in this run: {key: (trial number, reason)}; not proposed again here
+        self.failed: dict[str, tuple[int, str]] = {}
+        self._failures_in_a_row = 0
 
     # -- driving -------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -122,12 +128,13 @@ class SearchLoop:
                     bar.update(len(taken))
                     if len(taken) >= self.num_evals:
                         break
-                    cfg = self._next_config(taken)
+                    tried = taken | set(self.failed)  # a failed config released its claim; not again in this run
+                    cfg = self._next_config(tried)
                     if cfg is None and self.strategy != "evolution":
-                        rank_zero_info(f"SubnetSearch: every subnet of the space is evaluated "
-                                       f"({len(taken)} of {self.space.num_subnets}).")
+                        rank_zero_info(f"SubnetSearch: every subnet of the space is evaluated or failed "
+                                       f"({len(tried)} of {self.space.num_subnets}).")
                         break
-                    trial = st.claim(self.study, cfg, self.dists, taken, self.num_evals)
+                    trial = st.claim(self.study, cfg, self.dists, tried, self.num_evals)
                     if trial is None:
                         misses += 1
                         if misses > 50 * max(1, self.population_size):
@@ -147,10 +154,14 @@ class SearchLoop:
             missing = [n for n in [o.name for o in self.objectives] + list(self.constraints) if n not in measured]
             if missing:
                 raise ElasticError(f"the evaluation of {cfg} returned no value for {missing}.")
+        except MeasurementError as err:
+            self._measurement_failed(trial, cfg, err)
+            return
         except BaseException as err:
             # the crashed trial is marked FAIL; every finished one is already in the study
             st.fail(self.study, trial, err)
             raise
+        self._failures_in_a_row = 0
         seconds = time.perf_counter() - t0
         self.timings["evaluate_s"] += seconds
         predicted = self._predicted_for.pop(config_key(cfg), None)
@@ -159,6 +170,22 @@ class SearchLoop:
         if st.finish(self.study, trial, measured, self.objectives, list(self.constraints),
                      violations(measured, self.constraints, self.objectives), seconds):
             self.num_evaluated += 1
+
+    def _measurement_failed(self, trial: optuna.Trial, cfg: ArchConfig, err: MeasurementError) -> None:
+        """One subnet could not be measured: its trial FAILs with the reason (and what was measured), the search
+        goes on; many failures in a row stop it, since then every subnet would fail."""
+        if err.measured:
+            trial.set_user_attr("measured_before_failure", {k: float(v) for k, v in err.measured.items()})
+        st.fail(self.study, trial, err)
+        self.failed[config_key(cfg)] = (trial.number, str(err))
+        self._failures_in_a_row += 1
+        rank_zero_warn(f"SubnetSearch: trial {trial.number} failed and the search goes on: {err}")
+        if self._failures_in_a_row >= MAX_CONSECUTIVE_FAILURES:
+            raise st.SearchError(
+                f"the last {self._failures_in_a_row} evaluations all failed; the last one: {err} Every finished "
+                "evaluation is kept in the study. HINT: fix what the message names, then rerun the same search "
+                "to resume it."
+            ) from err
 
     def _next_config(self, taken: set[str]) -> ArchConfig | None:
         if self.strategy == "evolution":
@@ -309,6 +336,7 @@ class SearchLoop:
                 "initial": self.initial, "evaluated_by_this_worker": self.num_evaluated,
                 "predictors": {n: {**q.to_dict(), "heldout": heldout.get(n)} for n, q in self.quality.items()},
                 "predictor_metrics": self._quality_metrics(heldout),
+                "failed_evaluations": [{"trial": n, "config_key": k, "error": e} for k, (n, e) in self.failed.items()],
                 "timings": {k: round(v, 4) for k, v in self.timings.items()}}
 
 

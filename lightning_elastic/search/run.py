@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.search import study as st
+from lightning_elastic.search.latency import backend_name, check_latency_backend
 from lightning_elastic.search.loop import STRATEGIES, SearchLoop
 from lightning_elastic.search.measure import SubnetMeasurer
 from lightning_elastic.search.objectives import EXACT_COSTS, parse_constraints, parse_objectives, violations
@@ -59,6 +60,7 @@ class SearchSettings:
     latency_batch_size: int = 1
     latency_of: str = "export"
     latency_min_run_time: float = 0.1
+    latency_backend: str | Callable[..., float] = "torch"
     input_shape: Sequence[int] | None = None
     bn_calibration_batches: int = 10
     seed: int = 0
@@ -93,6 +95,7 @@ class SearchSettings:
         if not isinstance(self.latency_device, str) or self.latency_device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"`latency_device` got {self.latency_device!r}; allowed: 'cpu', 'cuda', 'cuda:N', 'mps'. "
                               "HINT: latency_device='cpu'.")
+        check_latency_backend(self.latency_backend, self.latency_device, self.latency_of)
         if self.input_shape is not None:
             shape = tuple(self.input_shape)
             if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in shape):
@@ -108,7 +111,12 @@ class SearchSettings:
                               "HINT: storage='sqlite:///search.db' or 'postgresql://user@host/db'.")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        backend = self.latency_backend
+        self.latency_backend = backend_name(backend)  # asdict deep-copies values; a user's callable may not copy
+        try:
+            d = asdict(self)
+        finally:
+            self.latency_backend = backend
         d.pop("parsed")
         d["output_dir"] = None if self.output_dir is None else str(self.output_dir)
         d["storage"] = None if self.storage is None else st._redact(self.storage)
@@ -239,7 +247,8 @@ def build_measurer(pl_module: Any, supernet: Any, val_dataloaders: Any, train_da
     names = [o.name for o in settings.parsed] + list(settings.constraints)
     return SubnetMeasurer(pl_module, supernet, val_dataloaders, train_dataloaders, dict.fromkeys(names),
                           settings.bn_calibration_batches, settings.input_shape, settings.latency_device,
-                          settings.latency_batch_size, settings.latency_of, settings.latency_min_run_time)
+                          settings.latency_batch_size, settings.latency_of, settings.latency_min_run_time,
+                          latency_backend=settings.latency_backend)
 
 
 def check_output_dir(name: str, path: str | Path) -> None:

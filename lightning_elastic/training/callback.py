@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 import lightning as L
@@ -44,7 +45,9 @@ from typing_extensions import override
 from lightning_elastic.adapters.base import Adapter
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.errors import ConfigError
+from lightning_elastic.supernet.importance import CALIBRATION_BATCHES
 from lightning_elastic.supernet.supernet import Supernet, get_supernet, to_supernet
+from lightning_elastic.training.calibration import calibration_loader
 from lightning_elastic.training.ddp import UnusedParameterGrads, params_outside_graph, reached_leaves
 from lightning_elastic.training.discovery import find_model
 from lightning_elastic.training.distill import DistillLoss, resolve_distill
@@ -60,7 +63,12 @@ from lightning_elastic.training.samplers import (
 )
 from lightning_elastic.training.tap import ModelTap
 from lightning_elastic.training.train_logs import SubnetTrainLogs
-from lightning_elastic.training.validation import SubnetValidator, parse_validate_subnets, resolve_configs
+from lightning_elastic.training.validation import (
+    SubnetValidator,
+    parse_validate_subnets,
+    resolve_configs,
+    train_loader_of,
+)
 
 
 def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
@@ -241,7 +249,8 @@ class ElasticTraining(Callback):
                 "train the existing supernet, or convert a fresh model.")
         # idempotent: a second fit/validate (or a module converted by the user) reuses the existing supernet
         self.supernet = existing if existing is not None else to_supernet(
-            model, self.space or SearchSpaceConfig(), adapter=self.adapter)
+            model, self.space or SearchSpaceConfig(), adapter=self.adapter, forward_fn=self.calibration_forward,
+            calibration_data=self._conversion_batches(trainer, pl_module))
         # without validate_subnets the max subnet is validated, not whichever subnet happened to train last
         configs = resolve_configs(self.supernet, self._validate_items) or [("max", self.supernet.max_config())]
         self._validator = SubnetValidator(self.supernet, configs, self.bn_calibration_batches,
@@ -257,6 +266,19 @@ class ElasticTraining(Callback):
         if stage == "fit" and "training_step" not in pl_module.__dict__:
             self._install(pl_module)
         rank_zero_info(f"ElasticTraining: {self.supernet!r}, sampler {self.sampler!r}")
+
+    def _conversion_batches(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[Any] | None:
+        """A few training batches for data-driven importance at conversion (activation order, layer influence).
+
+        The same fixed, seeded draw on every DDP rank (the loader is rebuilt over the whole dataset, not the rank's
+        shard), so every rank computes the same permutations and layer orders, and a resumed run the same again.
+        """
+        loader = train_loader_of(trainer, pl_module)
+        if loader is None:
+            return None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return list(islice(calibration_loader(loader, self.seed), CALIBRATION_BATCHES)) or None
 
     def _install(self, pl_module: L.LightningModule) -> None:
         original_step = pl_module.training_step

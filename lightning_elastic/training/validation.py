@@ -147,22 +147,7 @@ class SubnetValidator:
 
     # -- calibration data ----------------------------------------------------------------------------------
     def _train_loader(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
-        loader = trainer.train_dataloader
-        if loader is None and trainer.datamodule is not None and hasattr(trainer.datamodule, "train_dataloader"):
-            try:
-                loader = trainer.datamodule.train_dataloader()
-            except Exception:  # noqa: BLE001 - a datamodule without train data: no calibration
-                loader = None
-        if loader is None:
-            try:
-                loader = pl_module.train_dataloader()
-            except Exception:  # noqa: BLE001 - the default hook raises when not implemented
-                loader = None
-        if isinstance(loader, Sequence) and not isinstance(loader, torch.utils.data.DataLoader):
-            loader = loader[0] if loader else None
-        if isinstance(loader, Mapping):
-            loader = next(iter(loader.values()), None)
-        return loader
+        return train_loader_of(trainer, pl_module)
 
     def calibration_set(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[Any]:
         """The fixed calibration batches (as the loader yields them): the same for every subnet and every epoch."""
@@ -233,3 +218,30 @@ class SubnetValidator:
         if verbose and trainer.is_global_zero:
             loop._print_results(merged, loop._stage.value)
         return merged
+
+
+def train_loader_of(trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
+    """The user's training loader, also before ``fit`` has built it (at ``setup``): from the loaders given to
+    ``fit``, the datamodule or the module; None when there is none. A collection gives its first loader."""
+    loader = trainer.train_dataloader
+    if loader is None:
+        source = getattr(trainer.fit_loop, "_data_source", None)
+        try:
+            loader = source.dataloader() if source is not None and source.is_defined() else None
+        except Exception:  # noqa: BLE001 - a source without train data (validate only): none
+            loader = None
+    if loader is None and trainer.datamodule is not None and hasattr(trainer.datamodule, "train_dataloader"):
+        try:
+            loader = trainer.datamodule.train_dataloader()
+        except Exception:  # noqa: BLE001 - a datamodule without train data: no calibration
+            loader = None
+    if loader is None:
+        try:
+            loader = pl_module.train_dataloader()
+        except Exception:  # noqa: BLE001 - the default hook raises when not implemented
+            loader = None
+    if isinstance(loader, Sequence) and not isinstance(loader, torch.utils.data.DataLoader):
+        loader = loader[0] if loader else None
+    if isinstance(loader, Mapping):
+        loader = next(iter(loader.values()), None)
+    return loader

@@ -76,7 +76,8 @@ def test_min_subnet_metrics_come_from_the_min_subnet():
 def test_one_sandwich_step_gradient_equals_sum_of_subnet_gradients(mlp_adapter):
     module = MLPModule()
     reference = copy.deepcopy(module.net)
-    space = SearchSpaceConfig(width=(0.25, 0.5, 1.0), depth=(1, 2, 3))
+    # l1: the conversion by hand below has no data (with data, ElasticTraining would order by activations)
+    space = SearchSpaceConfig(width=(0.25, 0.5, 1.0), depth=(1, 2, 3), importance="l1")
     capture = GradCapture()
     cb = ElasticTraining(space, distill="inplace-kl", kd_weight=0.3, temperature=2.0, seed=7, validate_subnets=None)
     trainer(callbacks=[cb, capture], max_steps=1).fit(module, mlp_loader())
