@@ -2,14 +2,20 @@
 
 All randomness comes from a caller-supplied :class:`torch.Generator`, so sampling is a pure function of the
 generator state (identical across DDP ranks, replayable after resume).
+
+Canonical configs: with elastic depth, the dims of blocks a config's depth removes change nothing, so configs that
+differ only there are one network. :attr:`SearchSpace.dead_when` (plain data, computed by the supernet, which knows
+where each dim's tensors live) says when a dim is dead; :meth:`SearchSpace.canonical` then sets every dead dim to its
+max, so equal networks share one config and one key.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,6 +24,9 @@ from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConfigError
 
 ArchConfig = dict[str, int]
+#: ``{dim: ((depth dim, position), ...)}``: the dim is dead when every listed block is dropped, i.e. when
+#: ``cfg[depth dim] <= position`` for every pair (``position``: the block's place in its depth dim's keep order).
+DeadWhen = dict[str, tuple[tuple[str, int], ...]]
 
 
 class SearchSpace:
@@ -31,12 +40,16 @@ class SearchSpace:
         {'a': 1, 'b': 16}
     """
 
-    def __init__(self, dims: list[ElasticDim]) -> None:
+    def __init__(self, dims: list[ElasticDim], dead_when: Mapping[str, Sequence[tuple[str, int]]] | None = None) -> None:
         self._dims: dict[str, ElasticDim] = {}
         for d in dims:
             if d.name in self._dims:
                 raise ConfigError(f"duplicate dimension name {d.name!r} in the search space. HINT: names must be unique.")
             self._dims[d.name] = d
+        #: when each dim is dead (see :data:`DeadWhen`); empty: every dim always matters
+        self.dead_when: DeadWhen = {}
+        if dead_when:
+            self.set_dead_when(dead_when)
 
     # -- container -----------------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> ElasticDim:
@@ -66,6 +79,7 @@ class SearchSpace:
 
     @property
     def num_subnets(self) -> int:
+        """Configs of the space (see :attr:`num_networks` for distinct networks)."""
         return math.prod(len(d.choices) for d in self)
 
     def describe(self) -> dict[str, list[int]]:
@@ -80,7 +94,8 @@ class SearchSpace:
         return {d.name: d.max for d in self}
 
     def min_config(self) -> ArchConfig:
-        return {d.name: d.min for d in self}
+        """Every dim at its min, except dims the min depths remove, which are canonical (max)."""
+        return self.canonical({d.name: d.min for d in self})
 
     def active_config(self) -> ArchConfig:
         return {d.name: d.active for d in self}
@@ -141,44 +156,186 @@ class SearchSpace:
         for name, value in cfg.items():
             self._dims[name].active = value
 
+    # -- canonical configs ---------------------------------------------------------------------------------
+    def set_dead_when(self, dead_when: Mapping[str, Sequence[tuple[str, int]]]) -> None:
+        """Declare when dims are dead (see :data:`DeadWhen`); checked whole before anything is set.
+
+        Raises:
+            ConfigError: an unknown dim or depth dim, a position outside ``[0, full)`` of its depth dim, an empty
+                list, or a depth dim that is itself listed as dead (its value would then be ambiguous).
+        """
+        if not isinstance(dead_when, Mapping):
+            raise ConfigError(f"`dead_when` must be a dict {{dim: [(depth dim, position), ...]}}, got "
+                              f"{type(dead_when).__name__}. HINT: the supernet computes it; pass its mapping.")
+        problems, out = [], {}
+        for name, blocks in dead_when.items():
+            try:
+                pairs = tuple((str(dn), int(pos)) for dn, pos in blocks)
+            except (TypeError, ValueError):
+                problems.append(f"{name}: {blocks!r} is not a list of (depth dim, position) pairs")
+                continue
+            if name not in self._dims:
+                problems.append(f"{name!r} is not a dim of the space")
+            if not pairs:
+                problems.append(f"{name}: empty list (a dim with no block is never dead; leave it out)")
+            for dn, pos in pairs:
+                if dn not in self._dims:
+                    problems.append(f"{name}: depth dim {dn!r} is not in the space")
+                elif not 0 <= pos < self._dims[dn].full:
+                    problems.append(f"{name}: position {pos} outside [0, {self._dims[dn].full}) of {dn!r}")
+            out[name] = pairs
+        chained = sorted({dn for pairs in out.values() for dn, _ in pairs} & set(out))
+        if chained:
+            problems.append(f"depth dims {chained} are both listed as dead and decide deadness")
+        if problems:
+            raise ConfigError("invalid `dead_when`: " + "; ".join(problems) + ". HINT: keys are dims of the "
+                              "space, each with the (depth dim, position in its keep order) of the blocks it lives in.")
+        self.dead_when = out
+
+    def _is_dead(self, cfg: Mapping[str, int], name: str) -> bool:
+        blocks = self.dead_when.get(name)
+        # a missing depth dim is at max (as `validate(strict=False)` fills it), which keeps every block
+        return blocks is not None and all(cfg.get(dn, self._dims[dn].max) <= pos for dn, pos in blocks)
+
+    def dead_dims(self, cfg: Mapping[str, int]) -> list[str]:
+        """The dims of ``cfg`` whose blocks its depths remove: their values change nothing."""
+        return [n for n in self.dead_when if self._is_dead(cfg, n)]
+
+    def canonical(self, cfg: Mapping[str, int]) -> ArchConfig:
+        """``cfg`` with every dead dim at its max choice: configs of one network give one config (and one key).
+
+        The canonical value is the max because the max config is then canonical as it is, and a dim that a deeper
+        config revives starts from the full block. Keys absent from ``cfg`` stay absent; nothing is validated
+        (``select`` of the result and of ``cfg`` run the same network).
+
+        Example:
+            >>> space.canonical({"depth": 2, "blocks.3.heads": 1, ...})  # doctest: +SKIP
+            {'depth': 2, 'blocks.3.heads': 3, ...}
+        """
+        out = dict(cfg)
+        for name in self.dead_when:
+            if name in out and self._is_dead(cfg, name):
+                out[name] = self._dims[name].max
+        return out
+
+    def is_canonical(self, cfg: Mapping[str, int]) -> bool:
+        return self.canonical(cfg) == dict(cfg)
+
+    @property
+    def num_networks(self) -> int:
+        """Distinct networks of the space: :attr:`num_subnets` counting configs that differ only in dead dims once.
+
+        Counted per group of depth dims that decide deadness together (a ResNet's stages are independent), so the
+        cost is the sum, not the product, of the groups' depth assignments.
+        """
+        if not self.dead_when:
+            return self.num_subnets
+        groups: dict[str, set[str]] = {}  # union of depth dims that some dim's rule links
+        for pairs in self.dead_when.values():
+            linked = set().union(*(groups.get(dn, {dn}) for dn, _ in pairs))
+            for dn in linked:
+                groups[dn] = linked
+        total = math.prod(len(d.choices) for n, d in self._dims.items() if n not in self.dead_when and n not in groups)
+        for group in {id(g): g for g in groups.values()}.values():
+            deciders = sorted(group)
+            ruled = [n for n, pairs in self.dead_when.items() if pairs[0][0] in group]
+            count = 0
+            for values in itertools.product(*(self._dims[n].choices for n in deciders)):
+                depths = dict(zip(deciders, values))
+                count += math.prod(1 if self._is_dead(depths, n) else len(self._dims[n].choices) for n in ruled)
+            total *= count
+        return total
+
+    def _depth_assignments(self) -> Iterator[tuple[dict[str, int], set[str]]]:
+        """Every assignment of the depth dims that decide deadness, with the dims it makes dead."""
+        deciders = list(dict.fromkeys(dn for pairs in self.dead_when.values() for dn, _ in pairs))
+        for values in itertools.product(*(self._dims[n].choices for n in deciders)):
+            depths = dict(zip(deciders, values))
+            yield depths, set(self.dead_dims(depths))
+
     # -- sampling ------------------------------------------------------------------------------------------
     @staticmethod
     def _randint(high: int, generator: torch.Generator) -> int:
         return int(torch.randint(high, (1,), generator=generator).item())
 
-    def sample(self, generator: torch.Generator) -> ArchConfig:
-        """Uniformly random config: each dim's choice drawn independently."""
-        return {d.name: d.choices[self._randint(len(d.choices), generator)] for d in self}
+    def sample(self, generator: torch.Generator, canonical: bool = True) -> ArchConfig:
+        """Uniformly random config: each dim's choice drawn independently, then made :meth:`canonical`.
+
+        Args:
+            canonical: False returns the raw draw, for callers that change depths afterwards (a canonical draw
+                whose depth is raised later would hold the revived blocks at max).
+        """
+        cfg = {d.name: d.choices[self._randint(len(d.choices), generator)] for d in self}
+        return self.canonical(cfg) if canonical else cfg
 
     def mutate(self, cfg: ArchConfig, prob: float, generator: torch.Generator) -> ArchConfig:
-        """Resample each dim with probability ``prob``."""
+        """Resample each dim with probability ``prob``; the result is canonical.
+
+        A dim that was dead in ``cfg`` and that a mutated depth revives holds no inherited value (a canonical
+        ``cfg`` has it at max), so it is drawn uniformly.
+        """
         if isinstance(prob, bool) or not isinstance(prob, int | float) or not 0.0 <= prob <= 1.0:
             raise ConfigError(f"`prob` got {prob!r}; allowed: a number in [0, 1]. HINT: 0.1 to 0.3 is usual.")
         out = dict(cfg)
+        drawn = set()
         for d in self:
             if torch.rand((1,), generator=generator).item() < prob:
                 out[d.name] = d.choices[self._randint(len(d.choices), generator)]
-        return out
+                drawn.add(d.name)
+        for name in self.dead_when:
+            if name not in drawn and self._is_dead(cfg, name) and not self._is_dead(out, name):
+                choices = self._dims[name].choices
+                out[name] = choices[self._randint(len(choices), generator)]
+        return self.canonical(out)
 
     def crossover(self, a: ArchConfig, b: ArchConfig, generator: torch.Generator) -> ArchConfig:
-        """Uniform crossover: each dim taken from ``a`` or ``b`` with equal probability."""
-        return {d.name: (a if torch.rand((1,), generator=generator).item() < 0.5 else b)[d.name] for d in self}
+        """Uniform crossover: each dim taken from ``a`` or ``b`` with equal probability; the result is canonical.
 
-    def enumerate(self, limit: int = 100_000) -> Iterator[ArchConfig]:
-        """Every config of the space (raises if there are more than ``limit``)."""
-        if self.num_subnets > limit:
+        A dim that lives in the child but was dead in the parent it came from takes the other parent's value, or a
+        uniform draw if it was dead in both (a dead value carries no information).
+        """
+        pick = {d.name: torch.rand((1,), generator=generator).item() < 0.5 for d in self}
+        out = {n: (a if first else b)[n] for n, first in pick.items()}
+        for name in self.dead_when:
+            if self._is_dead(out, name):
+                continue
+            parents = (a, b) if pick[name] else (b, a)
+            live = [p for p in parents if not self._is_dead(p, name)]
+            if live:
+                out[name] = live[0][name]
+            else:
+                choices = self._dims[name].choices
+                out[name] = choices[self._randint(len(choices), generator)]
+        return self.canonical(out)
+
+    def enumerate(self, limit: int = 100_000, canonical: bool = False) -> Iterator[ArchConfig]:
+        """Every config of the space (raises if there are more than ``limit``).
+
+        Args:
+            canonical: each network once, as its canonical config (:attr:`num_networks` of them).
+        """
+        count = self.num_networks if canonical else self.num_subnets
+        if count > limit:
             raise ConfigError(
-                f"the space has {self.num_subnets} subnets, more than `limit`={limit}. HINT: sample instead."
+                f"the space has {count} {'networks' if canonical else 'subnets'}, more than `limit`={limit}. "
+                "HINT: sample instead."
             )
-        import itertools
-
         names = self.names()
-        for values in itertools.product(*(self._dims[n].choices for n in names)):
-            yield dict(zip(names, values))
+        if not canonical or not self.dead_when:
+            for values in itertools.product(*(self._dims[n].choices for n in names)):
+                yield dict(zip(names, values))
+            return
+        for depths, dead in self._depth_assignments():
+            options = [(depths[n],) if n in depths else (self._dims[n].max,) if n in dead else self._dims[n].choices
+                       for n in names]
+            for values in itertools.product(*options):
+                yield dict(zip(names, values))
 
     # -- encoding ------------------------------------------------------------------------------------------
     def encode(self, cfg: ArchConfig) -> list[float]:
-        """Numeric vector for predictors: each elastic dim's value scaled to [0, 1] between its min and max."""
+        """Numeric vector for predictors: each elastic dim's value scaled to [0, 1] between its min and max, of the
+        :meth:`canonical` config (one network, one vector)."""
+        cfg = self.canonical(cfg)
         vec = []
         for d in self.elastic_dims:
             lo, hi = d.min, d.max
@@ -191,4 +348,4 @@ class SearchSpace:
         for d, x in zip(self.elastic_dims, vec):
             target = d.min + float(x) * (d.max - d.min)
             cfg[d.name] = min(d.choices, key=lambda c: abs(c - target))
-        return cfg
+        return self.canonical(cfg)

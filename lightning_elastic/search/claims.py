@@ -8,7 +8,9 @@ both pop one waiting trial, or each enqueue the same config and run it under two
 ``IntegrityError``, and it is someone else's. The claim's autoincrement id also orders claims, which is how the
 budget is enforced without a race: the claim ranked ``budget`` or later yields.
 
-Reading which configs are taken is one indexed query on this table, not a read of the whole study.
+Reading which configs are taken is one indexed query on this table, not a read of the whole study. Keys are of
+canonical configs when the study knows them (see :mod:`lightning_elastic.search.study`); ``rekey`` moves the claims
+of a study written before that.
 In-memory studies (one process) keep the same records in a dict on the storage object.
 """
 
@@ -52,6 +54,17 @@ class _MemoryClaims:
 
     def rank(self, study_id: int, claim_id: int) -> int:
         return sum(cid < claim_id for cid, _ in self.rows.get(study_id, {}).values())
+
+    def rekey(self, study_id: int, key: str, new_key: str) -> bool:
+        with _LOCK:
+            rows = self.rows.get(study_id, {})
+            if key not in rows:
+                return False
+            row = rows.pop(key)
+            if new_key in rows:
+                return False  # the network is claimed already: this claim is dropped
+            rows[new_key] = row
+            return True
 
     def release(self, study_id: int, trial_id: int) -> None:
         with _LOCK:
@@ -110,6 +123,19 @@ class _RDBClaims:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(t).where(
                 t.c.study_id == study_id, t.c.claim_id < claim_id)).scalar_one())
+
+    def rekey(self, study_id: int, key: str, new_key: str) -> bool:
+        """Move a claim to ``new_key``; if that is claimed already, drop this claim. True when moved."""
+        sa, t = self.sa, self.table
+        where = (t.c.study_id == study_id, t.c.key_hash == _hash(key))
+        try:
+            with self.engine.begin() as conn:
+                return conn.execute(t.update().where(*where).values(key_hash=_hash(new_key),
+                                                                    config_key=new_key)).rowcount > 0
+        except sa.exc.IntegrityError:
+            with self.engine.begin() as conn:
+                conn.execute(t.delete().where(*where))
+            return False
 
     def release(self, study_id: int, trial_id: int) -> None:
         t = self.table

@@ -62,7 +62,21 @@ class TableBuilder:
         self.num_traces += 1
         if self.num_traces > MAX_TRACES:
             raise Unsupported(f"its tables would need more than {MAX_TRACES} traced forwards")
-        return trace(self.net, cfg, self.shape, self.dtype)
+        try:
+            return trace(self.net, cfg, self.shape, self.dtype)
+        except Exception as err:  # noqa: BLE001 - a config the model cannot run: count what the user asks for
+            raise Unsupported(f"its forward fails at {self._short(cfg)} ({type(err).__name__}: {err})") from err
+
+    def _shapes_of(self, cfg: dict[str, int]) -> dict[str, tuple[int, ...]]:
+        try:
+            return self.sizes.shapes(cfg)
+        except Exception as err:  # noqa: BLE001 - an export that fails cannot say what ships
+            raise Unsupported(f"its export fails at {self._short(cfg)} ({type(err).__name__}: {err})") from err
+
+    def _short(self, cfg: dict[str, int]) -> str:
+        """The dims of ``cfg`` below their max (a 30-layer config is long)."""
+        small = {k: v for k, v in cfg.items() if v != self.top[k]}
+        return f"the config {small}" if small else "the max config"
 
     def _table(self, dim: ElasticDim, values: Sequence[float]) -> tuple[int, int]:
         offset = len(self.lookup)
@@ -146,13 +160,15 @@ class TableBuilder:
             sizes[axis] = None
         return const * math.prod(s for s in sizes if s is not None), slots
 
-    def _plain_numel(self, p: nn.Parameter, cut: tuple[int, ...] | None) -> tuple[int, list[tuple[int, int]]]:
+    def _plain_numel(self, pid: int, p: nn.Parameter, cut: tuple[int, ...] | None
+                     ) -> tuple[int, list[tuple[int, int]]]:
         """``numel = constant * prod(slot values)`` of a plain module's Parameter, given its exported shape at the
-        smallest widths (``cut``): each axis the export cuts follows the one dim whose sizes give that cut."""
+        smallest widths (``cut``): each axis the export cuts follows the one dim whose sizes give that cut (when
+        several could, the one that cuts it alone)."""
         if cut is None or len(cut) != p.dim():
             raise Unsupported("a Parameter that runs is missing from the export")
         const, slots = 1, []
-        for full, small in zip(p.shape, cut):
+        for axis, (full, small) in enumerate(zip(p.shape, cut)):
             if full == small:
                 const *= full
                 continue
@@ -160,8 +176,11 @@ class TableBuilder:
             for owner, values in self.dim_values:
                 unit = full // values[-1]
                 if unit * values[-1] == full and values[0] * unit == small:
-                    sizes = tuple(v * unit for v in values)
-                    options[(id(owner), sizes)] = (owner, sizes)
+                    options[(id(owner), tuple(v * unit for v in values))] = (owner, [v * unit for v in values])
+            if len(options) > 1:
+                options = {k: (owner, sizes) for k, (owner, sizes) in options.items()
+                           if (self._exported_shape(pid, {**self.top, owner.name: owner.choices[0]}) or cut)[axis]
+                           == small}
             if len(options) != 1:
                 raise Unsupported(f"the export cuts a {tuple(p.shape)} Parameter to {cut}, which "
                                   f"{'no dim' if not options else 'more than one dim'} explains")
@@ -169,16 +188,31 @@ class TableBuilder:
             slots.append(self._table(owner, sizes))
         return const, slots
 
+    def _exported_shape(self, pid: int, cfg: dict[str, int]) -> tuple[int, ...] | None:
+        key = tuple(sorted(cfg.items()))
+        if key not in self._shapes:
+            self._shapes[key] = self._shapes_of(cfg)
+        return self.sizes.shape_of(self._shapes[key], pid, cfg)
+
     # -- build -------------------------------------------------------------------------------------------------
     def build(self, cls: type) -> Any:
         self._structure()
         res = list(self.space["resolution"].choices) if "resolution" in self.space else [None]
         cfgs = [self.top if r is None else {**self.top, "resolution": r} for r in res]
         base = [self._trace(c) for c in cfgs]  # one forward per resolution, every other dim at max
+        macs = self._op_terms(base)
+        params = self._param_terms(base[-1], len(res))
+        self._fill_others(macs)
+        model = cls(self.space, self.lookup, macs, params)
+        self._verify(model, list(zip(cfgs, base)))
+        return model
+
+    def _op_terms(self, base: list[Trace]) -> Terms:
+        """One term per counted op of the max config's forwards (one per resolution choice)."""
         keyed = [t.keyed() for t in base]
         if any(k.keys() != keyed[-1].keys() for k in keyed):
             raise Unsupported("the resolution changes which ops run")
-        macs, params = Terms(), Terms()
+        macs = Terms()
         self.others: dict[int, tuple[int, set[int]]] = {}  # term -> (flops at max, candidate dims)
         for key, (module, packet, flops) in keyed[-1].items():
             per_res = [k[key][2] for k in keyed]
@@ -193,25 +227,28 @@ class TableBuilder:
             else:
                 t = macs.add(key, per_res, self._keep_slots(module))
                 self.others[t] = (flops, self.inside.get(id(module), set()) - self.special)
-        self.sizes = ExportedSizes(self.net)
-        narrow = {**{d.name: d.choices[0] for d in self.dims if d.kind != "depth"},
-                  **{d.name: d.full for d in self.dims if d.kind == "depth"}}
+        return macs
+
+    def _param_terms(self, top: Trace, num_res: int) -> Terms:
+        """One term per Parameter that runs at the max config; plain modules' ones sized by a meta export."""
+        try:
+            self.sizes = ExportedSizes(self.net)
+        except Exception as err:  # noqa: BLE001 - without a copy to export, exported sizes are unknown
+            raise Unsupported(f"it cannot be copied to the meta device ({type(err).__name__}: {err})") from err
+        self._shapes: dict[tuple, dict[str, tuple[int, ...]]] = {}
         derived = [self._resolve(ax.dim) for m in self.net.model.modules() if isinstance(m, ElasticOp)
                    for ax in m._axes()]
         self.dim_values = [(d, list(d.choices)) for i, d in enumerate(self.dims) if i not in self.special]
         self.dim_values += [(o, v) for o, v in derived if o is not None and v not in [x for _, x in self.dim_values]]
-        cut = self.sizes.shapes(narrow)
-        for pid, (module, name) in base[-1].parameters().items():
-            p = module._parameters[name]
+        narrow = {d.name: d.full if d.kind == "depth" else d.choices[0] for d in self.dims}  # every block kept
+        params = Terms()
+        for pid, (module, name) in top.parameters().items():
             if isinstance(module, ElasticOp):
                 const, slots = self._numel(module, name)
             else:
-                const, slots = self._plain_numel(p, self.sizes.shape_of(cut, pid, narrow))
-            params.add(pid, [const] * len(res), slots + self._keep_slots(module))
-        self._fill_others(macs)
-        model = cls(self.space, self.lookup, macs, params)
-        self._verify(model, list(zip(cfgs, base)))
-        return model
+                const, slots = self._plain_numel(pid, module._parameters[name], self._exported_shape(pid, narrow))
+            params.add(pid, [const] * num_res, slots + self._keep_slots(module))
+        return params
 
     def _groups(self) -> list[list[ElasticDim]]:
         """Dims changed together in one forward: no op outside the leaves depends on two of them, and depth dims
@@ -278,16 +315,18 @@ class TableBuilder:
                 if t is None or flops[t] != count:
                     where = type(module).__name__ if module is not None else "the model's forward"
                     known = "know no such op" if t is None else f"count {int(flops[t])}"
-                    raise Unsupported(f"a {packet} in {where} counts {count} FLOPs at {cfg}; the tables {known}")
+                    raise Unsupported(f"a {packet} in {where} counts {count} FLOPs at {self._short(cfg)}; the tables "
+                                      f"{known}")
                 seen[t] = True
             if flops[~seen].any():
-                raise Unsupported(f"ops the tables expect did not run at {cfg}")
+                raise Unsupported(f"ops the tables expect did not run at {self._short(cfg)}")
             running = traced.parameters()
             if set(running) != {pid for pid, t in pindex.items() if params[t]}:
-                raise Unsupported(f"the Parameters that run at {cfg} are not those the tables expect")
+                raise Unsupported(f"the Parameters that run at {self._short(cfg)} are not those the tables expect")
             if id(cfg) in exported:
-                shapes = self.sizes.shapes(cfg)
+                shapes = self._shapes_of(cfg)
                 for pid, t in pindex.items():
                     shape = self.sizes.shape_of(shapes, pid, cfg) if params[t] else None
                     if params[t] and (shape is None or int(np.prod(shape, dtype=np.int64)) != params[t]):
-                        raise Unsupported(f"a Parameter's exported size at {cfg} is not the tables' {int(params[t])}")
+                        raise Unsupported(f"a Parameter's exported size at {self._short(cfg)} is not the tables' "
+                                          f"{int(params[t])}")

@@ -40,6 +40,8 @@ from lightning_elastic.core.errors import UncalibratedExportWarning
 from lightning_elastic.ops.base import ElasticOp
 from lightning_elastic.ops.conv import ElasticConv2d
 from lightning_elastic.ops.depth import _DepthMixin
+from lightning_elastic.supernet.export import own_state_detached
+from lightning_elastic.supernet.supernet import get_supernet
 
 __all__ = ["CostModel", "CostsFallbackWarning", "count_costs", "count_costs_traced", "cost_counter", "flop_counter"]
 
@@ -167,9 +169,9 @@ def trace(supernet: Any, cfg: Mapping[str, int], input_shape: tuple[int, ...],
     try:
         model.eval()
         with supernet.subnet(cfg), merged_lora(model), torch.no_grad():
-            # standard-normal images; token id 0 for integer inputs
-            x = torch.randn(shape, dtype=dtype, device=device) if dtype.is_floating_point else \
-                torch.zeros(shape, dtype=dtype, device=device)
+            # standard-normal images from a generator of its own (the global RNG is left alone); token id 0
+            x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(0)).to(device) \
+                if dtype.is_floating_point else torch.zeros(shape, dtype=dtype, device=device)
             with recorder:
                 model(x)
     finally:
@@ -192,7 +194,9 @@ class ExportedSizes:
         for t in [*model.parameters(), *model.buffers()]:
             meta = torch.empty_like(t, device="meta")
             memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
-        self.net = copy.deepcopy(model, memo).__dict__["_lightning_elastic_supernet"]
+        # lightning-elastic's own hooks (the training tap) would drag the Trainer into the copy; the Supernet stays
+        with own_state_detached(model, holder_attr="<keep the supernet>"):
+            self.net = get_supernet(copy.deepcopy(model, memo))
         self.names: dict[int, list[str]] = {}  # id of the *original* Parameter -> its names
         for name, p in model.named_parameters(remove_duplicate=False):
             self.names.setdefault(id(p), []).append(name)
@@ -234,11 +238,14 @@ def count_costs_traced(supernet: Any, cfg: Mapping[str, int], input_shape: tuple
     """Params and MACs of ``cfg`` from one traced forward and one meta export (the reference; slow)."""
     cfg = supernet.space.validate(cfg)
     traced = trace(supernet, cfg, input_shape, dtype)
-    sizes = sizes or ExportedSizes(supernet)
-    shapes = sizes.shapes(cfg)
+    try:
+        sizes = sizes or ExportedSizes(supernet)
+        shapes = sizes.shapes(cfg)
+    except Exception:  # noqa: BLE001 - a subnet that does not export: count the slices that run
+        sizes, shapes = None, {}
     params = 0
     for pid, (module, name) in traced.parameters().items():
-        shape = sizes.shape_of(shapes, pid, cfg)
+        shape = sizes.shape_of(shapes, pid, cfg) if sizes is not None else None
         if shape is None:  # runs but the export names it otherwise: its active slice is what runs
             with supernet.subnet(cfg):
                 shape = tuple((module._slice(name) if isinstance(module, ElasticOp) else module._parameters[name]
@@ -303,8 +310,8 @@ class CostModel:
                 raise KeyError
             idx = np.asarray([*(ci[cfg[name]] for name, ci in self._index), 0], dtype=np.intp)
         except (KeyError, TypeError):
-            self.space.validate(cfg)  # raises the ConfigError naming every bad key
-            raise
+            cfg = self.space.validate(cfg)  # raises the ConfigError naming every bad key
+            idx = np.asarray([*(ci[cfg[name]] for name, ci in self._index), 0], dtype=np.intp)
         return idx, (0 if self._res is None else int(idx[self._res]))
 
     def term_values(self, cfg: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -344,7 +351,10 @@ def cost_counter(supernet: Any, input_shape: Sequence[int], dtype: torch.dtype =
             f"(exact, but one forward pass each) because {err}. HINT: nothing to fix for correctness; models built "
             "from lightning-elastic's elastic ops get exact costs in microseconds.",
             CostsFallbackWarning, stacklevel=2)
-        sizes = ExportedSizes(supernet)
+        try:
+            sizes = ExportedSizes(supernet)
+        except Exception:  # noqa: BLE001 - a model that cannot be copied: each count makes its own attempt
+            sizes = None
         return lambda cfg: count_costs_traced(supernet, cfg, shape, dtype, sizes)
 
 

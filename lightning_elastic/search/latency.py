@@ -57,18 +57,24 @@ def backend_name(backend: str | LatencyFn) -> str:
     return f"{getattr(backend, '__module__', None) or type(backend).__module__}.{name}"
 
 
-def check_latency_backend(backend: Any, device: str = "cpu", latency_of: str = "export") -> None:
+def check_latency_backend(backend: Any, device: str = "cpu", latency_of: str = "export") -> str | LatencyFn:
     """Validate ``latency_backend`` against the device and what is timed, before anything runs.
 
+    Returns:
+        The backend; a dotted import path (``"my_pkg.timing.on_phone"``, as a recipe or the command line gives a
+        callable) is imported.
+
     Raises:
-        ConfigError: an unknown backend, ``onnxruntime`` not installed or without the device's execution provider,
-            or a backend other than ``"torch"`` with ``latency_of="supernet"``.
+        ConfigError: an unknown backend or one that cannot be imported, ``onnxruntime`` not installed or without
+            the device's execution provider, or a backend other than ``"torch"`` with ``latency_of="supernet"``.
     """
+    if isinstance(backend, str) and backend not in LATENCY_BACKENDS and "." in backend:
+        backend = _import_callable(backend)
     if not callable(backend) and backend not in LATENCY_BACKENDS:
         raise ConfigError(
             f"`latency_backend` got {backend!r}; allowed: {list(LATENCY_BACKENDS)} or a callable "
             "(exported_model, example_inputs) -> milliseconds. HINT: 'torch' times the exported subnet with PyTorch; "
-            "pass your own function to time it on your device."
+            "pass your own function (or its import path 'my_pkg.timing.on_phone') to time it on your device."
         )
     if backend != "torch" and latency_of != "export":
         raise ConfigError(
@@ -83,6 +89,25 @@ def check_latency_backend(backend: Any, device: str = "cpu", latency_of: str = "
                 f"`latency_device` {device!r} needs ONNX Runtime's {provider}, and this onnxruntime offers "
                 f"{ort.get_available_providers()}. HINT: latency_device='cpu', or install onnxruntime-gpu for CUDA."
             )
+    return backend
+
+
+def _import_callable(path: str) -> LatencyFn:
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(
+            f"`latency_backend` got {path!r}, which cannot be imported ({type(err).__name__}: {err}); allowed: "
+            f"{list(LATENCY_BACKENDS)}, a callable, or the import path of one. HINT: check the module is importable "
+            "from where the search runs, e.g. python -c 'import my_pkg.timing'."
+        ) from err
+    if not callable(value):
+        raise ConfigError(f"`latency_backend` {path!r} is a {type(value).__name__}, not a callable. HINT: point it at "
+                          "a function (exported_model, example_inputs) -> milliseconds.")
+    return value
 
 
 def _onnxruntime():

@@ -116,8 +116,7 @@ class SubnetMeasurer:
                  latency_min_run_time: float = 0.1, accelerator: str | None = None,
                  calibration_seed: int = CALIBRATION_SEED, forward_fn: Callable | None = None,
                  latency_backend: str | LatencyFn = "torch") -> None:
-        check_latency_backend(latency_backend, latency_device, latency_of)
-        self.latency_backend = latency_backend
+        self.latency_backend = check_latency_backend(latency_backend, latency_device, latency_of)
         self.pl_module = pl_module
         self.supernet = supernet
         self.val_dataloaders = val_dataloaders

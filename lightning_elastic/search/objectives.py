@@ -14,7 +14,7 @@ from lightning_elastic.core.errors import ConfigError
 
 #: measured costs; everything else is read from the validation loop's logged metrics.
 COSTS = ("params", "macs", "latency_ms")
-#: costs that are exact and cheap (one forward at batch 1), so they are measured rather than predicted.
+#: costs that are exact and cheap (a table lookup, see search/costs.py), so they are counted rather than predicted.
 EXACT_COSTS = ("params", "macs")
 
 

@@ -95,7 +95,7 @@ class SearchSettings:
         if not isinstance(self.latency_device, str) or self.latency_device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"`latency_device` got {self.latency_device!r}; allowed: 'cpu', 'cuda', 'cuda:N', 'mps'. "
                               "HINT: latency_device='cpu'.")
-        check_latency_backend(self.latency_backend, self.latency_device, self.latency_of)
+        self.latency_backend = check_latency_backend(self.latency_backend, self.latency_device, self.latency_of)
         if self.input_shape is not None:
             shape = tuple(self.input_shape)
             if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in shape):

@@ -5,6 +5,11 @@ claims table (:mod:`lightning_elastic.search.claims`); a worker whose claim fail
 budget, yields its trial (PRUNED, user attr ``skipped``) before anything is measured. A claimed config stays taken
 while its trial runs and after it completes, so a resumed search never re-evaluates a finished one; a FAILed trial
 releases its claim. RUNNING trials left by a dead process on this host are marked FAIL on start.
+
+Claims key on the *canonical* config (``SearchSpace.canonical``: the dims of blocks a config's depths remove at their
+max), so configs of one network share one claim, whoever proposed them (the loop, or the study's own sampler). The
+function comes from the space given to :func:`open_study` and travels with the study object; :func:`claim` also
+takes it explicitly.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +28,16 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from lightning_elastic.core.errors import ConfigError, ElasticError
-from lightning_elastic.core.space import SearchSpace
+from lightning_elastic.core.space import ArchConfig, SearchSpace
 from lightning_elastic.search.claims import claims_of
 from lightning_elastic.search.measure import config_key
 from lightning_elastic.search.objectives import Objective
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp")
+#: ``(cfg) -> canonical cfg``: configs of one network map to one config
+Canonical = Callable[[Mapping[str, int]], ArchConfig]
+#: where :func:`open_study` leaves the canonical function on the study object
+_CANONICAL = "_lightning_elastic_canonical"
 
 
 def _worker() -> str:
@@ -121,13 +130,17 @@ def weights_fingerprint(model: Any) -> str:
 
 
 def open_study(storage: str | None, study_name: str, space: SearchSpace, objectives: Sequence[Objective],
-               sampler: optuna.samplers.BaseSampler | None = None, fingerprint: str | None = None) -> optuna.Study:
+               sampler: optuna.samplers.BaseSampler | None = None, fingerprint: str | None = None,
+               canonical: Canonical | None = None) -> optuna.Study:
     """Create or load the study (``storage`` None: in memory) and check it belongs to this space and objectives.
 
     Args:
         fingerprint: :func:`weights_fingerprint` of the supernet. A study measured on other weights (the supernet
             was trained again or longer) is not resumed, its evaluations being stale: the search warns and uses the
             study ``<study_name>@<fingerprint>`` of the same storage instead.
+        canonical: maps a config to its network's canonical config; default ``space.canonical`` when the space
+            knows dead dims (``space.dead_when``). :func:`claim` and :func:`sync_claims` key on it. A study written
+            with raw keys has its claims re-keyed once (two claims of one network keep the first).
 
     Returns:
         The study (``study.study_name`` tells which one).
@@ -140,6 +153,10 @@ def open_study(storage: str | None, study_name: str, space: SearchSpace, objecti
     study = _retry(lambda: optuna.create_study(storage=backend, study_name=study_name, load_if_exists=True,
                                                directions=[o.optuna_direction for o in objectives],
                                                sampler=sampler or optuna.samplers.RandomSampler()))
+    if canonical is None and space.dead_when:
+        canonical = space.canonical
+    if canonical is not None:
+        study.__dict__[_CANONICAL] = canonical
     signature = space.signature()
     wanted = [str(o) for o in objectives]
     attrs = study.user_attrs
@@ -148,6 +165,8 @@ def open_study(storage: str | None, study_name: str, space: SearchSpace, objecti
         study.set_user_attr("objectives", wanted)
         if fingerprint is not None:
             study.set_user_attr("weights_fingerprint", fingerprint)
+        if canonical is not None:
+            study.set_user_attr("config_keys", "canonical")
         return study
     if attrs["space_signature"] != signature:
         stored = {d["name"] for d in json.loads(attrs["space_signature"])}
@@ -177,8 +196,25 @@ def open_study(storage: str | None, study_name: str, space: SearchSpace, objecti
             "the same storage. HINT: pass a new `output_dir` or `study_name` to keep searches of different training "
             "runs apart."
         )
-        return open_study(storage, fresh, space, objectives, sampler, fingerprint)
+        return open_study(storage, fresh, space, objectives, sampler, fingerprint, canonical)
+    if canonical is not None and attrs.get("config_keys") != "canonical":
+        _rekey_claims(study, canonical)
     return study
+
+
+def _rekey_claims(study: optuna.Study, canonical: Canonical) -> None:
+    """Re-key the claims of a study written with raw config keys (before canonical configs)."""
+    claims = claims_of(study)
+    for key in sorted(claims.keys(study._study_id)):
+        new = config_key(canonical(json.loads(key)))
+        if new != key:
+            claims.rekey(study._study_id, key, new)
+    study.set_user_attr("config_keys", "canonical")
+
+
+def canonical_of(study: optuna.Study, canonical: Canonical | None = None) -> Canonical | None:
+    """``canonical`` if given, else the one :func:`open_study` left on ``study`` (None: configs are keyed raw)."""
+    return canonical if canonical is not None else study.__dict__.get(_CANONICAL)
 
 
 def _redact(url: str) -> str:
@@ -189,7 +225,9 @@ def _redact(url: str) -> str:
     return url
 
 
-def _key(trial: optuna.trial.FrozenTrial) -> str:
+def _key(trial: optuna.trial.FrozenTrial, canonical: Canonical | None = None) -> str:
+    if canonical is not None:  # also re-keys trials stored with raw keys
+        return config_key(canonical(dict(trial.params)))
     return trial.user_attrs.get("config_key") or config_key(trial.params)
 
 
@@ -213,10 +251,10 @@ def sync_claims(study: optuna.Study) -> int:
     Returns:
         How many claims were added.
     """
-    claims, have = claims_of(study), taken_keys(study)
+    claims, have, canonical = claims_of(study), taken_keys(study), canonical_of(study)
     added = 0
     for t in real_trials(study):
-        key = _key(t)
+        key = _key(t, canonical)
         if key not in have and claims.insert(study._study_id, key, t._trial_id) is not None:
             have.add(key)
             added += 1
@@ -251,7 +289,8 @@ def _alive(pid: int) -> bool:
 
 
 def claim(study: optuna.Study, cfg: Mapping[str, int] | None, dists: Mapping[str, Any],
-          taken: set[str] | None = None, budget: int | None = None) -> optuna.Trial | None:
+          taken: set[str] | None = None, budget: int | None = None,
+          canonical: Canonical | None = None) -> optuna.Trial | None:
     """Start a trial for ``cfg`` (or for the study's sampler's proposal when ``cfg`` is None).
 
     The trial is created RUNNING with its params fixed (no WAITING trial another worker could pop), then its config
@@ -260,19 +299,25 @@ def claim(study: optuna.Study, cfg: Mapping[str, int] | None, dists: Mapping[str
     Args:
         taken: the keys already taken, if the caller just read them (saves a storage round trip).
         budget: total real evaluations wanted; a claim that other workers' claims pushed past it yields.
+        canonical: maps ``cfg`` to its network's canonical config, which is claimed (and becomes the trial's
+            params); default: the one :func:`open_study` left on ``study``. A sampler's proposal keeps its params
+            (Optuna fixes them) and is claimed under its canonical key.
 
     Returns:
-        The RUNNING trial to evaluate (its ``params`` are the config), or None when the config is already taken
-        (or the budget is full).
+        The RUNNING trial to evaluate (its ``params`` are the config), or None when the config's network is already
+        taken (or the budget is full).
     """
+    canonical = canonical_of(study, canonical)
     if cfg is not None:
+        if canonical is not None:
+            cfg = canonical(cfg)
         key = config_key(cfg)
         if key in (taken if taken is not None else taken_keys(study)):
             return None
         trial = _running_trial(study, {k: cfg[k] for k in dists}, dists, key)
     else:
         trial = study.ask(dict(dists))
-        key = config_key(trial.params)
+        key = config_key(canonical(trial.params) if canonical is not None else trial.params)
         trial.set_user_attr("config_key", key)
         trial.set_user_attr("worker", _worker())
     claims = claims_of(study)

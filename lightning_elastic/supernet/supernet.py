@@ -25,6 +25,7 @@ from lightning_elastic.core.registry import find_adapter, get_adapter, registere
 from lightning_elastic.core.space import ArchConfig, SearchSpace
 from lightning_elastic.ops.depth import _DepthMixin
 from lightning_elastic.supernet.calibration import ForwardFn
+from lightning_elastic.supernet.canonical import attach_dead_when
 from lightning_elastic.supernet.export import export_subnet, is_elastic
 from lightning_elastic.supernet.importance import (
     CALIBRATION_BATCHES,
@@ -255,6 +256,7 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
     # phase 4: importance ordering (function-preserving permutations)
     for d, perms in orders:
         apply_order(d, perms)
+    attach_dead_when(model, space)  # read-only: which dims the depths can remove (space.canonical)
     added = {name: frozenset(set(m.__dict__) - before[name]) for name, m in model.named_modules()
              if name in before and not is_elastic(m) and set(m.__dict__) - before[name]}
     supernet = Supernet(model, space, adapter, config, plan.meta, added_attributes=added,
@@ -340,7 +342,16 @@ class Supernet:
         return self.space.min_config()
 
     def sample(self, generator: torch.Generator) -> ArchConfig:
+        """A uniformly random canonical config (see :meth:`canonical`)."""
         return self.space.sample(generator)
+
+    def canonical(self, cfg: Mapping[str, int]) -> ArchConfig:
+        """``cfg`` with the dims of blocks its depths remove at their max: one config per network.
+
+        ``select(canonical(cfg))`` runs the same network as ``select(cfg)``; :attr:`SearchSpace.dead_when` says which
+        dims are dead when (computed at conversion from where each dim's tensors live and the layer orders).
+        """
+        return self.space.canonical(cfg)
 
     @contextmanager
     def subnet(self, cfg: Mapping[str, int], strict: bool = True) -> Iterator[ArchConfig]:

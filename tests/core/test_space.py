@@ -146,3 +146,101 @@ def test_validate_non_finite_values(value):
 def test_check_returns_problems_without_raising():
     cfg, problems = make_space().check({"d0": 1, "zz": 2}, strict=True)
     assert problems == ["unknown keys ['zz']", "missing keys ['d1', 'd2']"] and cfg == {"d0": 1, "d1": 16, "d2": 7}
+
+
+# -- canonical configs -------------------------------------------------------------------------------------------
+def depth_space(order=(0, 1, 2)) -> SearchSpace:
+    """``depth`` keeps blocks by ``order``; ``b{i}`` lives in block ``i``; ``stem`` lives outside every block."""
+    dims = [ElasticDim("depth", [1, 2, 3], 3, kind="depth"), ElasticDim("stem", [4, 8], 8)]
+    dims += [ElasticDim(f"b{i}", [1, 2, 3], 3) for i in range(3)]
+    return SearchSpace(dims, dead_when={f"b{i}": [("depth", order.index(i))] for i in range(3)})
+
+
+def test_canonical_sets_dead_dims_to_max_and_keeps_live_ones():
+    space = depth_space()
+    assert space.canonical({"depth": 1, "stem": 4, "b0": 1, "b1": 1, "b2": 2}) == \
+        {"depth": 1, "stem": 4, "b0": 1, "b1": 3, "b2": 3}
+    assert space.dead_dims({"depth": 2, "stem": 4, "b0": 1, "b1": 1, "b2": 1}) == ["b2"]
+    assert space.canonical({"depth": 3, "stem": 4, "b0": 1, "b1": 1, "b2": 1}) == \
+        {"depth": 3, "stem": 4, "b0": 1, "b1": 1, "b2": 1}
+    # a missing depth is at max (what validate(strict=False) fills): nothing dead; missing dims stay missing
+    assert space.canonical({"b2": 1}) == {"b2": 1}
+    assert SearchSpace([ElasticDim("a", [1, 2], 2)]).canonical({"a": 1}) == {"a": 1}  # no map: unchanged
+
+
+def test_canonical_follows_the_keep_order():
+    space = depth_space(order=(2, 0, 1))  # depth 1 keeps block 2, depth 2 blocks 2 and 0
+    cfg = {"depth": 1, "stem": 4, "b0": 1, "b1": 1, "b2": 1}
+    assert space.canonical(cfg) == {"depth": 1, "stem": 4, "b0": 3, "b1": 3, "b2": 1}
+    assert space.dead_dims({**cfg, "depth": 2}) == ["b1"]
+
+
+def test_sampling_mutation_crossover_and_extremes_are_canonical():
+    space = depth_space()
+    g = torch.Generator().manual_seed(0)
+    assert space.min_config() == {"depth": 1, "stem": 4, "b0": 1, "b1": 3, "b2": 3}
+    assert space.max_config() == space.canonical(space.max_config())
+    draws = [space.sample(g) for _ in range(60)]
+    assert all(space.is_canonical(c) for c in draws)
+    assert any(not space.is_canonical(space.sample(g, canonical=False)) for _ in range(60))
+    for a, b in zip(draws, draws[1:]):
+        assert space.is_canonical(space.mutate(a, 0.5, g)) and space.is_canonical(space.crossover(a, b, g))
+    # the raw draw consumes the generator exactly as the canonical one (same sequence either way)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert [space.canonical(space.sample(g1, canonical=False)) for _ in range(5)] == [space.sample(g2) for _ in range(5)]
+
+
+def test_revived_dims_are_drawn_not_inherited_at_max():
+    # a block that mutation or crossover brings back has no real value in a canonical parent (it sits at max):
+    # the child draws it, so deeper children are not biased towards full blocks
+    space = depth_space()
+    g = torch.Generator().manual_seed(0)
+    shallow = space.min_config()
+    revived = [space.mutate(shallow, 0.34, g) for _ in range(300)]
+    b2 = [c["b2"] for c in revived if c["depth"] == 3]
+    assert len(b2) > 20 and {1, 2} <= set(b2)
+    deep = {"depth": 3, "stem": 8, "b0": 1, "b1": 1, "b2": 1}
+    children = [space.crossover(shallow, deep, g) for _ in range(100)]
+    assert all(c["b2"] == 1 for c in children if c["depth"] == 3)  # live in one parent only: its value
+
+
+def test_num_networks_and_canonical_enumeration_match_brute_force():
+    space = depth_space(order=(1, 2, 0))
+    distinct = {json.dumps(space.canonical(c), sort_keys=True) for c in space.enumerate()}
+    assert space.num_subnets == 3 * 2 * 27
+    assert space.num_networks == len(distinct) == 2 * (3 + 9 + 27)
+    listed = list(space.enumerate(canonical=True))
+    assert {json.dumps(c, sort_keys=True) for c in listed} == distinct and len(listed) == len(distinct)
+    with pytest.raises(ConfigError, match=r"78 networks, more than `limit`=10.*HINT"):
+        list(space.enumerate(limit=10, canonical=True))
+    # two stages, and a dim living in blocks of both (dead only when both are removed)
+    two = SearchSpace([ElasticDim("d1", [1, 2], 2, kind="depth"), ElasticDim("d2", [1, 2], 2, kind="depth"),
+                       ElasticDim("x", [1, 2, 3], 3), ElasticDim("y", [1, 2], 2)],
+                      dead_when={"x": [("d1", 1), ("d2", 1)], "y": [("d2", 1)]})
+    distinct = {json.dumps(two.canonical(c), sort_keys=True) for c in two.enumerate()}
+    assert two.num_networks == len(distinct) == len(list(two.enumerate(canonical=True))) == 1 + 3 + 6 + 6
+
+
+def test_encode_is_of_the_canonical_config():
+    space = depth_space()
+    a = {"depth": 1, "stem": 4, "b0": 1, "b1": 1, "b2": 2}
+    b = {"depth": 1, "stem": 4, "b0": 1, "b1": 2, "b2": 1}
+    assert space.encode(a) == space.encode(b) == space.encode(space.canonical(a))
+    assert space.decode(space.encode(a)) == space.canonical(a)
+
+
+@pytest.mark.parametrize("dead_when, match", [
+    ({"zz": [("depth", 0)]}, r"'zz' is not a dim of the space"),
+    ({"b0": [("nodepth", 0)]}, r"b0: depth dim 'nodepth' is not in the space"),
+    ({"b0": [("depth", 3)]}, r"b0: position 3 outside \[0, 3\) of 'depth'"),
+    ({"b0": []}, r"b0: empty list"),
+    ({"b0": ["depth"]}, r"b0: \['depth'\] is not a list of \(depth dim, position\) pairs"),
+    ({"b0": [("depth", 0)], "depth": [("stem", 0)]}, r"depth dims \['depth'\] are both listed as dead"),
+])
+def test_dead_when_errors(dead_when, match):
+    space = depth_space()
+    with pytest.raises(ConfigError, match=r"invalid `dead_when`: .*" + match + r".*HINT"):
+        space.set_dead_when(dead_when)
+    assert space.dead_when == depth_space().dead_when  # nothing half-set
+    with pytest.raises(ConfigError, match=r"`dead_when` must be a dict .*got list.*HINT"):
+        space.set_dead_when([("b0", 0)])

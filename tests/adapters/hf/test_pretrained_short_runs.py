@@ -95,7 +95,6 @@ def test_minilm_supernet_fine_tune_improves_every_depth_child(minilm_path):
     losses = ChildLosses(elastic, [batch], depth_children)
     fit(module, elastic, losses, DataLoader([batch], batch_size=None), steps=12)
     assert len(losses.before) == 4  # max and depths 3, 4, 6
-    print(mode if "mode" in dir() else "minilm", losses.before, losses.after)
     for tag, before in losses.before.items():
         assert losses.after[tag] < before - 0.05, (tag, before, losses.after[tag])
 
@@ -132,6 +131,5 @@ def test_smollm2_supernet_fine_tune_improves_its_children(smollm2, mode):
     losses = ChildLosses(elastic, batches, depth_children)
     fit(PlainLM(model, lr), elastic, losses, DataLoader(batches, batch_size=None), steps=4)
     assert len(losses.before) == 3  # max and depths 24, 30
-    print(mode if "mode" in dir() else "minilm", losses.before, losses.after)
     for tag, before in losses.before.items():
         assert losses.after[tag] < before - 0.05, (tag, before, losses.after[tag])

