@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import inspect
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,8 @@ from typing_extensions import override
 
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.search.results import SearchResult
-from lightning_elastic.search.run import SearchSettings, search_supernet
+from lightning_elastic.search.run import Ranks, search_supernet
+from lightning_elastic.search.settings import SearchSettings, options_signature
 from lightning_elastic.supernet.supernet import find_supernet
 
 
@@ -22,7 +23,12 @@ class SubnetSearch(Callback):
     """Multi-objective search over the supernet's subnets, run in ``on_fit_end`` (LINAS-style by default).
 
     Every real evaluation (accuracy through your validation loop with BN recalibrated, params, MACs, latency) is a
-    trial of a persistent Optuna study, so a rerun resumes and several workers can share one study.
+    trial of a persistent Optuna study, so a rerun resumes and several workers can share one study. Under DDP (or
+    any multi-process launch) every rank searches: each claims and measures its own subnets on its own device in the
+    shared study, rank 0 writes the outputs, and every rank ends with the same :attr:`result`.
+
+    The options are the fields of :class:`~lightning_elastic.search.settings.SearchSettings`, where their defaults
+    are written (positional ones follow its field order); ``settings=`` starts from a ``SearchSettings`` instead.
 
     Args:
         objectives: ``"name:max"`` / ``"name:min"``; names are metrics your validation loop logs (the ``monitor``
@@ -66,33 +72,17 @@ class SubnetSearch(Callback):
         ...                                                                    num_evals=100)])  # doctest: +SKIP
     """
 
-    def __init__(self, objectives: Sequence[str] = ("val_acc:max", "macs:min"),
-                 constraints: Mapping[str, float] | None = None, num_evals: int = 100, strategy: str = "linas",
-                 sampler: str = "nsga2", rounds: int = 10, initial: int | None = None,
-                 predictors: Sequence[str] = ("ridge", "extra_trees"), predictor_trials: int = 500,
-                 population_size: int = 32, export_top: int = 3, output_dir: str | Path | None = None,
-                 storage: str | None = None, study_name: str = "subnet-search", latency_device: str = "cpu",
-                 latency_batch_size: int = 1, latency_of: str = "export",
-                 latency_min_run_time: float = 0.1, input_shape: Sequence[int] | None = None,
-                 bn_calibration_batches: int = 10, seed: int = 0, progress: bool = True,
-                 latency_backend: str | Callable[..., float] = "torch") -> None:
-        self.settings = SearchSettings(
-            objectives=objectives, constraints=constraints, num_evals=num_evals, strategy=strategy, sampler=sampler,
-            rounds=rounds, initial=initial, predictors=predictors, predictor_trials=predictor_trials,
-            population_size=population_size, export_top=export_top, output_dir=output_dir, storage=storage,
-            study_name=study_name, latency_device=latency_device, latency_batch_size=latency_batch_size,
-            latency_of=latency_of, latency_min_run_time=latency_min_run_time, input_shape=input_shape,
-            bn_calibration_batches=bn_calibration_batches, seed=seed, progress=progress,
-            latency_backend=latency_backend)
+    def __init__(self, *args: Any, settings: SearchSettings | None = None, **options: Any) -> None:
+        # the options, their defaults and types are SearchSettings' fields, written once there; __signature__
+        # (below the class) lists them for help(), LightningCLI and jsonargparse (`--subnet_search.num_evals=8`)
+        self.settings = SearchSettings.from_options(settings, *args, **options)
         self.result: SearchResult | None = None
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.interrupted or trainer.sanity_checking:
             return
-        if not trainer.is_global_zero:
-            # the search is sequential; other ranks leave rank 0 alone (workers share a study via `storage`)
-            return
+        # every rank searches: each claims and measures its own subnets in the shared study (see `run`)
         self.run(pl_module, trainer.datamodule, trainer=trainer)
 
     def run(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule | None = None, *,
@@ -137,8 +127,13 @@ class SubnetSearch(Callback):
             Path(trainer.default_root_dir) / "search" if trainer is not None else Path("outputs/search"))
         settings = replace(self.settings, output_dir=Path(folder))
         loggers = list(trainer.loggers) if trainer is not None else []
-        self.result = search_supernet(pl_module, found[1], val, train, settings, loggers=loggers)
+        self.result = search_supernet(pl_module, found[1], val, train, settings, loggers=loggers,
+                                      ranks=Ranks.of(trainer))
         return self.result
+
+
+SubnetSearch.__init__.__signature__ = options_signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)])
 
 
 def _dataloaders(datamodule: L.LightningDataModule | None, trainer: L.Trainer | None,

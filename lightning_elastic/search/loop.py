@@ -20,15 +20,17 @@ import optuna
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_elastic.core.errors import ElasticError
+from lightning_elastic.core.errors import ConfigError, ElasticError
 from lightning_elastic.core.space import ArchConfig, SearchSpace
 from lightning_elastic.search import study as st
 from lightning_elastic.search.latency import MeasurementError
 from lightning_elastic.search.measure import config_key
 from lightning_elastic.search.objectives import EXACT_COSTS, Objective, violations
 from lightning_elastic.search.predictors import Predictor, PredictorQuality, features, kendall_tau
+from lightning_elastic.search.settings import STRATEGIES, SearchSettings
 
-STRATEGIES = ("linas", "random", "evolution")
+__all__ = ["STRATEGIES", "SearchLoop", "non_dominated_ranks"]
+
 #: consecutive failed measurements (a latency backend that fails every subnet) before the search stops
 MAX_CONSECUTIVE_FAILURES = 10
 
@@ -60,42 +62,43 @@ class SearchLoop:
         evaluate: real measurement of a config; must return every objective and constraint name.
         costs: exact cheap costs (``params``, ``macs``) of a config.
         study: the persistent study (see :mod:`lightning_elastic.search.study`).
-        strategy: ``"linas"``, ``"random"`` or ``"evolution"``.
-        num_evals: total real evaluations in the study (all workers together).
-        rounds: LINAS predictor rounds after the initial sample.
-        initial: LINAS initial random evaluations (default: a fifth of ``num_evals``, at least 8).
-        sampler: Optuna sampler over the predictors (LINAS) or over real evaluations (evolution).
-        predictors: regressor names tried by cross-validation.
-        predictor_trials: sampler trials per LINAS round on the predictors.
-        population_size: NSGA-II/III population.
-        progress: show a rich progress bar.
+        settings: the search's :class:`SearchSettings` (strategy, num_evals, rounds, initial, sampler, predictors,
+            predictor_trials, population_size, seed, progress); or pass those as keyword ``options``.
+        rank / world_size: this process among those searching the same study together: ranks draw different
+            random configs and start the predicted candidates at different points; only rank 0 shows progress.
         on_round: called after each LINAS predictor fit with ``(round, {metric_name: value})`` (predictor quality),
             e.g. to send it to the Trainer's loggers.
     """
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], constraints: Mapping[str, float],
                  evaluate: Callable[[ArchConfig], Mapping[str, float]],
-                 costs: Callable[[ArchConfig], Mapping[str, float]], study: optuna.Study, *,
-                 strategy: str = "linas", num_evals: int = 100, rounds: int = 10, initial: int | None = None,
-                 sampler: str = "nsga2", predictors: Sequence[str] = ("ridge", "extra_trees"),
-                 predictor_trials: int = 500, population_size: int = 32, seed: int = 0,
-                 progress: bool = True, on_round: Callable[[int, dict[str, float]], None] | None = None) -> None:
+                 costs: Callable[[ArchConfig], Mapping[str, float]], study: optuna.Study,
+                 settings: SearchSettings | None = None, *, rank: int = 0, world_size: int = 1,
+                 on_round: Callable[[int, dict[str, float]], None] | None = None, **options: Any) -> None:
+        if settings is None:
+            settings = SearchSettings.from_options(None, objectives=[str(o) for o in objectives],
+                                                   constraints=dict(constraints), **options)
+        elif options:
+            raise ConfigError(f"`settings` was given together with options {sorted(options)}; allowed: one of the "
+                              "two. HINT: SearchLoop(..., settings=s) or SearchLoop(..., num_evals=50).")
+        self.settings = settings
         self.space = space
         self.objectives = list(objectives)
         self.constraints = dict(constraints)
         self.evaluate = evaluate
         self.costs = costs
         self.study = study
-        self.strategy = strategy
-        self.num_evals = num_evals
-        self.rounds = rounds
-        self.initial = min(num_evals, initial if initial is not None else max(8, num_evals // 5))
-        self.sampler = sampler
-        self.predictor_names = list(predictors)
-        self.predictor_trials = predictor_trials
-        self.population_size = population_size
-        self.seed = seed
-        self.progress = progress
+        self.strategy = settings.strategy
+        self.num_evals = num_evals = settings.num_evals
+        self.rounds = settings.rounds
+        self.initial = min(num_evals, settings.initial if settings.initial is not None else max(8, num_evals // 5))
+        self.sampler = settings.sampler
+        self.predictor_names = list(settings.predictors)
+        self.predictor_trials = settings.predictor_trials
+        self.population_size = settings.population_size
+        self.seed = seed = settings.seed
+        self.rank, self.world_size = rank, world_size
+        self.progress = settings.progress and rank == 0
         self.on_round = on_round
         self.dists = st.distributions(space)
         names = [o.name for o in self.objectives] + list(self.constraints)
@@ -107,7 +110,8 @@ class SearchLoop:
         # predictions made for proposed configs before they were measured: the truly held-out predictor quality
         self._predicted_for: dict[str, dict[str, float]] = {}
         self._heldout: list[tuple[dict[str, float], dict[str, float]]] = []
-        self._gen = torch.Generator().manual_seed(seed)
+        # ranks draw different random configs (rank 0 draws what a single process draws)
+        self._gen = torch.Generator().manual_seed(seed + 7919 * rank)
         self._round = 0
         # configs whose measurement failed in this run: {key: (trial number, reason)}; not proposed again here
         self.failed: dict[str, tuple[int, str]] = {}
@@ -194,10 +198,15 @@ class SearchLoop:
             while self._queue and config_key(self._queue[0]) in taken:
                 self._queue.pop(0)
             if not self._queue:
-                self._queue = self.propose(self._batch_size(), taken)
+                self._queue = self._spread(self.propose(self._batch_size(), taken))
             if self._queue:
                 return self._queue.pop(0)
         return self._random_config(taken)
+
+    def _spread(self, queue: list[ArchConfig]) -> list[ArchConfig]:
+        """Rank r starts at the r-th share of the (shared) predicted candidates, so ranks do not race for one."""
+        k = len(queue) * self.rank // max(1, self.world_size)
+        return queue[k:] + queue[:k]
 
     def _batch_size(self) -> int:
         return max(1, math.ceil((self.num_evals - self.initial) / max(1, self.rounds)))

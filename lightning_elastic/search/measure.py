@@ -254,7 +254,12 @@ class SubnetMeasurer:
 
         def make(**extra: Any) -> L.Trainer:
             with _quiet_lightning():  # an internal Trainer: its "GPU available" / tips banners are noise
-                return L.Trainer(accelerator=self.accelerator, devices=1, logger=False, enable_progress_bar=False,
+                # one process on this rank's own device (not cuda:0 on every rank): a measurement runs no
+                # collective op, so ranks searching together measure different subnets independently
+                devices = [self._device.index] if self._device.type == "cuda" and self._device.index is not None \
+                    else 1
+                return L.Trainer(accelerator=self.accelerator, devices=devices, strategy="auto", logger=False,
+                                 enable_progress_bar=False,
                                  enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
                                  **extra)
 
@@ -268,7 +273,7 @@ class SubnetMeasurer:
         """The user's validation loop on the active subnet: ``{logged name: value}`` (dataloader suffix dropped too)."""
         previous_trainer = getattr(self.pl_module, "_trainer", None)
         try:
-            with _without_module_callbacks(self.pl_module):
+            with _without_module_callbacks(self.pl_module), _local_metrics(self.pl_module):
                 results = self._validation_trainer(limit_batches).validate(
                     self.pl_module, dataloaders=self.val_dataloaders, verbose=False)
         finally:
@@ -316,6 +321,22 @@ class SubnetMeasurer:
 
 
 _MISSING = object()
+
+
+@contextmanager
+def _local_metrics(pl_module: Any) -> Iterator[None]:
+    """Inside the block the module's torchmetrics compute on this process's data only: under DDP they would
+    all-gather across ranks, which hangs (or mixes subnets) when ranks measure different subnets."""
+    saved = []
+    for m in pl_module.modules():
+        if hasattr(m, "sync_on_compute") and hasattr(m, "_to_sync"):
+            saved.append((m, m.sync_on_compute, m.dist_sync_on_step, m._to_sync))
+            m.sync_on_compute = m.dist_sync_on_step = m._to_sync = False
+    try:
+        yield
+    finally:
+        for m, on_compute, on_step, to_sync in saved:
+            m.sync_on_compute, m.dist_sync_on_step, m._to_sync = on_compute, on_step, to_sync
 
 
 @contextmanager

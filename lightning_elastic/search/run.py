@@ -1,7 +1,6 @@
 """``run_search``: the plain-Python entry point of a subnet search (used by ``SubnetSearch`` and the CLI).
 
-``SearchSettings`` holds and validates every option once, so the callback fails in ``__init__`` and the CLI before
-any model is built.
+The options live in :class:`~lightning_elastic.search.settings.SearchSettings` (re-exported here).
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +15,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.search import study as st
-from lightning_elastic.search.latency import backend_name, check_latency_backend
-from lightning_elastic.search.loop import STRATEGIES, SearchLoop
+from lightning_elastic.search.loop import SearchLoop
 from lightning_elastic.search.measure import SubnetMeasurer
-from lightning_elastic.search.objectives import EXACT_COSTS, parse_constraints, parse_objectives, violations
-from lightning_elastic.search.predictors import check_predictors
+from lightning_elastic.search.objectives import EXACT_COSTS, violations
 from lightning_elastic.search.results import (
     SearchResult,
     collect,
@@ -30,97 +26,10 @@ from lightning_elastic.search.results import (
     write_csv,
     write_outputs,
 )
+from lightning_elastic.search.settings import SearchSettings, check_output_dir
 from lightning_elastic.search.study import SearchError
 
-
-def _positive_int(name: str, value: Any, minimum: int = 1, hint: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"`{name}` got {value!r}; allowed: an integer >= {minimum}. HINT: {hint or f'{name}=10'}.")
-
-
-@dataclass
-class SearchSettings:
-    """Every option of a subnet search (see :class:`~lightning_elastic.search.callback.SubnetSearch`)."""
-
-    objectives: Sequence[str] = ("val_acc:max", "macs:min")
-    constraints: Mapping[str, float] | None = None
-    num_evals: int = 100
-    strategy: str = "linas"
-    sampler: str = "nsga2"
-    rounds: int = 10
-    initial: int | None = None
-    predictors: Sequence[str] = ("ridge", "extra_trees")
-    predictor_trials: int = 500
-    population_size: int = 32
-    export_top: int = 3
-    output_dir: str | Path | None = None
-    storage: str | None = None
-    study_name: str = "subnet-search"
-    latency_device: str = "cpu"
-    latency_batch_size: int = 1
-    latency_of: str = "export"
-    latency_min_run_time: float = 0.1
-    latency_backend: str | Callable[..., float] = "torch"
-    input_shape: Sequence[int] | None = None
-    bn_calibration_batches: int = 10
-    seed: int = 0
-    progress: bool = True
-    parsed: list = field(default_factory=list, repr=False)
-
-    def __post_init__(self) -> None:
-        self.parsed = parse_objectives(self.objectives)
-        self.objectives = tuple(str(o) for o in self.parsed)
-        self.constraints = parse_constraints(self.constraints, self.parsed)
-        _positive_int("num_evals", self.num_evals, hint="num_evals=100 real evaluations")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"`strategy` got {self.strategy!r}; allowed: {list(STRATEGIES)}. HINT: strategy='linas'.")
-        if self.sampler not in st.SAMPLERS:
-            raise ConfigError(f"`sampler` got {self.sampler!r}; allowed: {list(st.SAMPLERS)}. HINT: sampler='nsga2'.")
-        _positive_int("rounds", self.rounds, hint="rounds=10")
-        if self.initial is not None:
-            _positive_int("initial", self.initial, minimum=2, hint="initial=20 random evaluations before the predictors")
-        self.predictors = check_predictors(self.predictors)
-        _positive_int("predictor_trials", self.predictor_trials, hint="predictor_trials=500")
-        _positive_int("population_size", self.population_size, minimum=2, hint="population_size=32")
-        _positive_int("export_top", self.export_top, minimum=0, hint="export_top=3")
-        _positive_int("latency_batch_size", self.latency_batch_size, hint="latency_batch_size=1")
-        _positive_int("bn_calibration_batches", self.bn_calibration_batches, minimum=0, hint="bn_calibration_batches=10")
-        if self.latency_of not in ("export", "supernet"):
-            raise ConfigError(f"`latency_of` got {self.latency_of!r}; allowed: ['export', 'supernet']. "
-                              "HINT: 'export' times the model that ships.")
-        if isinstance(self.latency_min_run_time, bool) or not isinstance(self.latency_min_run_time, int | float) or \
-                self.latency_min_run_time <= 0:
-            raise ConfigError(f"`latency_min_run_time` got {self.latency_min_run_time!r}; allowed: seconds > 0. "
-                              "HINT: latency_min_run_time=0.1.")
-        if not isinstance(self.latency_device, str) or self.latency_device.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ConfigError(f"`latency_device` got {self.latency_device!r}; allowed: 'cpu', 'cuda', 'cuda:N', 'mps'. "
-                              "HINT: latency_device='cpu'.")
-        self.latency_backend = check_latency_backend(self.latency_backend, self.latency_device, self.latency_of)
-        if self.input_shape is not None:
-            shape = tuple(self.input_shape)
-            if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in shape):
-                raise ConfigError(f"`input_shape` got {self.input_shape!r}; allowed: positive ints per sample. "
-                                  "HINT: input_shape=(3, 224, 224), without the batch dim.")
-            self.input_shape = shape
-        if self.output_dir is not None:
-            check_output_dir("output_dir", self.output_dir)
-        if not isinstance(self.study_name, str) or not self.study_name:
-            raise ConfigError(f"`study_name` got {self.study_name!r}; allowed: a non-empty string. HINT: 'search-1'.")
-        if self.storage is not None and (not isinstance(self.storage, str) or "://" not in self.storage):
-            raise ConfigError(f"`storage` got {self.storage!r}; allowed: None (SQLite in output_dir) or an RDB URL. "
-                              "HINT: storage='sqlite:///search.db' or 'postgresql://user@host/db'.")
-
-    def to_dict(self) -> dict[str, Any]:
-        backend = self.latency_backend
-        self.latency_backend = backend_name(backend)  # asdict deep-copies values; a user's callable may not copy
-        try:
-            d = asdict(self)
-        finally:
-            self.latency_backend = backend
-        d.pop("parsed")
-        d["output_dir"] = None if self.output_dir is None else str(self.output_dir)
-        d["storage"] = None if self.storage is None else st._redact(self.storage)
-        return d
+__all__ = ["SearchSettings", "build_measurer", "check_output_dir", "run_search", "search_supernet"]
 
 
 def run_search(pl_module: Any, datamodule: Any = None, *, train_dataloaders: Any = None, val_dataloaders: Any = None,
@@ -151,7 +60,7 @@ def run_search(pl_module: Any, datamodule: Any = None, *, train_dataloaders: Any
     from lightning_elastic.search.checkpoint import prepare_module
 
     if settings is None:
-        settings = SearchSettings(**options)
+        settings = SearchSettings.from_options(None, **options)
     elif options:
         raise ConfigError(f"`settings` was given together with keyword options {sorted(options)}; allowed: one of "
                           "the two. HINT: run_search(model, dm, settings=s) or run_search(model, dm, num_evals=50).")
@@ -170,22 +79,60 @@ def run_search(pl_module: Any, datamodule: Any = None, *, train_dataloaders: Any
     return search_supernet(pl_module, supernet, val_dataloaders, train_dataloaders, settings)
 
 
+class Ranks:
+    """The processes searching together (DDP or any ``torch.distributed`` launch): this one's rank, how many there
+    are, a barrier, and a broadcast of a picklable object from rank 0.
+
+    Every rank runs the search loop on its own device against the shared study; rank 0 writes the outputs.
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1, barrier: Callable[[], None] | None = None,
+                 broadcast: Callable[[Any], Any] | None = None) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.barrier = barrier or (lambda: None)
+        self.broadcast = broadcast or (lambda obj: obj)
+
+    @classmethod
+    def of(cls, trainer: Any = None) -> Ranks:
+        """The ranks of ``trainer``'s strategy when it runs several processes, else of an initialised
+        ``torch.distributed`` process group, else one process."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return cls()
+        if trainer is not None and trainer.world_size > 1:
+            strategy = trainer.strategy
+            return cls(trainer.global_rank, trainer.world_size, strategy.barrier, lambda o: strategy.broadcast(o, 0))
+
+        def broadcast(obj: Any) -> Any:
+            box = [obj]
+            dist.broadcast_object_list(box, src=0)
+            return box[0]
+
+        return cls(dist.get_rank(), dist.get_world_size(), dist.barrier, broadcast)
+
+
 def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_dataloaders: Any,
-                    settings: SearchSettings, loggers: Sequence[Any] = ()) -> SearchResult:
+                    settings: SearchSettings, loggers: Sequence[Any] = (), ranks: Ranks | None = None) -> SearchResult:
     """The search itself on an already converted and trained module (see :func:`run_search`).
 
     Args:
         loggers: Lightning loggers that receive the predictor quality of every LINAS round (step = round) and the
             final figures (``search/...`` keys).
+        ranks: the processes searching together (default :meth:`Ranks.of` the process group, if any). Each rank
+            claims and measures its own subnets in the shared study (``storage``; the default SQLite file must be
+            on a filesystem every rank sees); rank 0 writes the outputs and every rank returns the same result.
 
     Raises:
         ConfigError: an unknown metric, a params/MACs/latency bound that not even the smallest subnet meets.
         SearchError: the study belongs to another search space or objectives; or, after every output is
             written, no evaluated subnet satisfies ``constraints`` (the message names the closest one).
     """
+    ranks = ranks or Ranks.of()
     output_dir = Path(settings.output_dir or "outputs/search")
     check_output_dir("output_dir", output_dir)
-    warn_if_single_class(val_dataloaders)
+    if ranks.rank == 0:
+        warn_if_single_class(val_dataloaders)
     measurer = build_measurer(pl_module, supernet, val_dataloaders, train_dataloaders, settings)
     space = supernet.space
     # everything that can be checked before the study exists is checked here: no study with wrong objectives
@@ -195,13 +142,14 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
     sampler = None
     if settings.strategy == "evolution":
         sampler = st.make_sampler(settings.sampler, settings.seed, settings.population_size)
+    if ranks.rank != 0:
+        ranks.barrier()  # rank 0 creates the study (and the claims table) first; the others load it
     study = st.open_study(storage, settings.study_name, space, settings.parsed, sampler,
                           fingerprint=st.weights_fingerprint(supernet.model))
+    if ranks.rank == 0:
+        ranks.barrier()
     loop = SearchLoop(space, settings.parsed, settings.constraints, measurer.measure, measurer.costs, study,
-                      strategy=settings.strategy, num_evals=settings.num_evals, rounds=settings.rounds,
-                      initial=settings.initial, sampler=settings.sampler, predictors=settings.predictors,
-                      predictor_trials=settings.predictor_trials, population_size=settings.population_size,
-                      seed=settings.seed, progress=settings.progress,
+                      settings, rank=ranks.rank, world_size=ranks.world_size,
                       on_round=lambda r, metrics: _log(loggers, {f"search/round/{k}": v for k, v in metrics.items()}, r))
     start = time.perf_counter()
     try:
@@ -211,28 +159,51 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
         output_dir.mkdir(parents=True, exist_ok=True)
         write_csv(output_dir / "evaluations.csv", collect(study, space, settings.parsed, settings.constraints), space)
         raise
+    ranks.barrier()  # every claimed evaluation has finished: the study is complete
+    outcome: Any = None
+    if ranks.rank == 0:
+        try:
+            outcome = _write_results(study, space, storage, settings, loop, measurer, output_dir, loggers, start)
+        except Exception as err:  # noqa: BLE001 - handed to the other ranks, then raised on every rank
+            outcome = err
+    outcome = ranks.broadcast(outcome)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    result: SearchResult = outcome
+    if result.evaluations and not result.front:
+        closest = min(result.evaluations, key=lambda e: e.violation)
+        raise SearchError(
+            f"`constraints` {settings.constraints} cannot be met: none of the {len(result.evaluations)} evaluated "
+            f"subnets satisfies them. The closest is trial {closest.number} with "
+            + ", ".join(f"{k}={v:.4g}" for k, v in closest.values.items())
+            + f" (violation {closest.violation:.4g}); every evaluation is saved in {output_dir}/evaluations.csv. "
+            "HINT: relax the bound(s), or train longer if a metric bound is the one not met."
+        )
+    if settings.progress and ranks.rank == 0:
+        print_table(result.front, settings.parsed)
+    rank_zero_info(f"SubnetSearch: {len(result.evaluations)} evaluations, {len(result.front)} on the front; "
+                   f"outputs in {output_dir}")
+    return result
+
+
+def _write_results(study: Any, space: Any, storage: str, settings: SearchSettings, loop: SearchLoop,
+                   measurer: SubnetMeasurer, output_dir: Path, loggers: Sequence[Any], start: float) -> SearchResult:
+    """Collect the finished study and write every output (on rank 0 only)."""
     evals = collect(study, space, settings.parsed, settings.constraints)
     front = pareto_front(evals, settings.parsed)
+    workers: dict[str, int] = {}
+    for t in st.real_trials(study):
+        worker = t.user_attrs.get("worker", "?")
+        workers[worker] = workers.get(worker, 0) + 1
     summary = {"settings": settings.to_dict(), "space": {"num_subnets": space.num_subnets, "dims": space.describe()},
                "study": {"storage": st._redact(storage), "study_name": study.study_name},
-               **loop.summary(), "measure_timings": {k: round(v, 4) for k, v in measurer.timings.items()},
+               **loop.summary(), "evaluations_by_worker": workers,
+               "measure_timings": {k: round(v, 4) for k, v in measurer.timings.items()},
                "wall_s": round(time.perf_counter() - start, 3)}
     exported = write_outputs(output_dir, space, settings.parsed, evals, front, summary,
                              export=measurer.save_subnet, export_top=settings.export_top)
     _log(loggers, {"search/num_evaluations": float(len(evals)), "search/pareto_size": float(len(front)),
                    **{f"search/{k}": v for k, v in summary["predictor_metrics"].items()}}, loop.summary()["rounds_run"])
-    if evals and not front:
-        closest = min(evals, key=lambda e: e.violation)
-        raise SearchError(
-            f"`constraints` {settings.constraints} cannot be met: none of the {len(evals)} evaluated subnets "
-            f"satisfies them. The closest is trial {closest.number} with "
-            + ", ".join(f"{k}={v:.4g}" for k, v in closest.values.items())
-            + f" (violation {closest.violation:.4g}); every evaluation is saved in {output_dir}/evaluations.csv. "
-            "HINT: relax the bound(s), or train longer if a metric bound is the one not met."
-        )
-    if settings.progress:
-        print_table(front, settings.parsed)
-    rank_zero_info(f"SubnetSearch: {len(evals)} evaluations, {len(front)} on the front; outputs in {output_dir}")
     return SearchResult(settings.parsed, evals, front, output_dir, exported,
                         json.loads((output_dir / "summary.json").read_text()))
 
@@ -249,15 +220,6 @@ def build_measurer(pl_module: Any, supernet: Any, val_dataloaders: Any, train_da
                           settings.bn_calibration_batches, settings.input_shape, settings.latency_device,
                           settings.latency_batch_size, settings.latency_of, settings.latency_min_run_time,
                           latency_backend=settings.latency_backend)
-
-
-def check_output_dir(name: str, path: str | Path) -> None:
-    """An output folder may exist, but must not be a file (``mkdir`` would fail after the work is done)."""
-    if Path(path).exists() and not Path(path).is_dir():
-        raise ConfigError(
-            f"`{name}` {str(path)!r} is an existing file; allowed: a folder (new or existing). "
-            f"HINT: pass a folder path such as {str(Path(path).with_suffix('')) + '_out'!r}, or move the file away."
-        )
 
 
 def _dataset_labels(dataset: Any) -> Any:

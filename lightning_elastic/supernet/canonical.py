@@ -44,7 +44,7 @@ def dead_when(model: nn.Module, space: SearchSpace) -> DeadWhen:
     places = _module_places(model, space)
     tensor_places: dict[int, set[Place]] = {}
     holders: dict[int, set[Place]] = {id(d): set() for d in space}
-    for module_id, (module, where) in places.items():
+    for module, where in places.values():
         for tensor in (*module._parameters.values(), *module._buffers.values()):
             if tensor is not None:
                 tensor_places.setdefault(id(tensor), set()).update(where)

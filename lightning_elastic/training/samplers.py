@@ -75,7 +75,8 @@ def random_subnet(space: SearchSpace, ctx: StepContext, generator: torch.Generat
 
     ``index`` is the subnet's place among the step's ``per_step`` random subnets.
     """
-    cfg = space.sample(generator)  # drawn in full either way: the other dims' values do not depend on the flag
+    # raw draw: depths are set after it, so a canonical draw would pin the blocks they revive at max width
+    cfg = space.sample(generator, canonical=False)  # drawn in full either way: other dims do not depend on the flag
     if cover_depth:
         counter = ctx.step * per_step + index
         for d in space:
