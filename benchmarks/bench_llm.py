@@ -233,7 +233,7 @@ def main() -> None:
                      "heads": shape["heads"], "mlp": shape["mlp"], "params_M": params(cut) / 1e6,
                      "ratio": round(full_params / params(cut), 3), "ppl": perplexity(cut, heldout)})
         print(rows[-1], flush=True)
-        cut.save_pretrained(tmp / "cut")
+        cut_net.save_subnet(tmp / "cut", shape["config"])  # a native (LoRA-merged) folder from_pretrained loads
         del fresh, cut_net, cut
         alone = CausalLM(str(tmp / "cut"), lora=lora, lr=lr, weight_decay=0.0)
         seconds = fit(alone, train_dm, args.steps * passes)

@@ -8,6 +8,10 @@
    the cached table as evaluator.
 4. Predictor Kendall tau on held-out subnets (fit on a random sample, predict all the others).
 5. Search overhead (everything but real evaluations) as a fraction of wall time of a real 200-evaluation run.
+6. Storage that scales (``--only storage``): a 1,000-evaluation study on SQLite with near-free evaluations (a
+   synthetic space, no model); the per-evaluation overhead in ms, and as a fraction of the issue's 0.65 s evaluations.
+7. Every rank searches (``--only ranks``): 1 vs 2 processes sharing one SQLite study, each evaluation a fixed amount
+   of single-threaded CPU work; the evaluations-per-wall-second ratio (target >= 1.7).
 
 LINAS here: 16 initial random evaluations, then rounds of 8 predicted-front candidates; predictors ridge and extra
 trees (the defaults) chosen by 5-fold CV each round, NSGA-II with 320 trials on the predictors. The overhead run
@@ -168,8 +172,91 @@ def run_strategy(rows, space, strategy: str, seed: int, budget: int) -> tuple[li
     return [table[t.user_attrs["config_key"]] for t in done], loop
 
 
+# -- 6 and 7: storage and ranks, on a synthetic 4,096-subnet space (no model) --------------------------------------
+SYNTH_OBJECTIVES = parse_objectives(("val_acc:max", "macs:min"))
+
+
+def _synthetic_space():
+    from lightning_elastic.core.dims import ElasticDim
+    from lightning_elastic.core.space import SearchSpace
+
+    return SearchSpace([ElasticDim(f"block{i}.width", [1, 2, 3, 4], 4, kind="width") for i in range(6)])
+
+
+def _synthetic_costs(cfg) -> dict[str, float]:
+    return {"params": float(sum(cfg.values())), "macs": sum((6 - i) * v * 1e3 for i, v in enumerate(cfg.values()))}
+
+
+def _synthetic_evaluate(cfg, work_s: float = 0.0) -> dict[str, float]:
+    end = time.perf_counter() + work_s
+    x = torch.ones(64, 64)
+    while time.perf_counter() < end:  # CPU work (not a sleep): ranks must really share the machine
+        x = (x @ x).clamp_(max=1.0)
+    acc = sum((i + 1) * np.log1p(v) for i, v in enumerate(cfg.values())) / 20.0
+    return {"val_acc": float(acc), **_synthetic_costs(cfg)}
+
+
+def storage_overhead(num_evals: int, folder: Path, strategy: str = "random", eval_s: float = 0.65) -> dict:
+    """Wall time per evaluation of a search whose evaluations cost nothing: all of it is the search's overhead
+    (claims, trial writes, proposals). Reported per evaluation and as a fraction of ``eval_s`` evaluations."""
+    folder.mkdir(parents=True, exist_ok=True)
+    db = folder / f"storage-{strategy}.db"
+    db.unlink(missing_ok=True)
+    space = _synthetic_space()
+    study = st.open_study(f"sqlite:///{db}", "s", space, SYNTH_OBJECTIVES)
+    loop = SearchLoop(space, SYNTH_OBJECTIVES, {}, _synthetic_evaluate, _synthetic_costs, study, strategy=strategy,
+                      num_evals=num_evals, progress=False)
+    t0 = time.perf_counter()
+    loop.run()
+    wall = time.perf_counter() - t0
+    per_eval = (wall - loop.timings["evaluate_s"]) / num_evals
+    return {"strategy": strategy, "num_evals": num_evals, "wall_s": wall, "overhead_ms_per_eval": 1e3 * per_eval,
+            f"overhead_fraction_at_{eval_s}s_evals": per_eval / (per_eval + eval_s), "timings": loop.timings}
+
+
+def _rank_worker(rank: int, world_size: int, storage: str, num_evals: int, work_s: float, out: str) -> None:
+    torch.set_num_threads(1)
+    space = _synthetic_space()
+    study = st.open_study(storage, "s", space, SYNTH_OBJECTIVES)
+    loop = SearchLoop(space, SYNTH_OBJECTIVES, {}, lambda c: _synthetic_evaluate(c, work_s), _synthetic_costs, study,
+                      strategy="random", num_evals=num_evals, progress=False, rank=rank, world_size=world_size)
+    # a file barrier: the clock starts when every rank is ready (process start-up is not search time)
+    Path(f"{out}.ready.{rank}").touch()
+    while not all(Path(f"{out}.ready.{r}").exists() for r in range(world_size)):
+        time.sleep(0.01)
+    start = time.time()
+    loop.run()
+    Path(f"{out}.{rank}").write_text(json.dumps({"evaluated": loop.num_evaluated, "start": start, "end": time.time()}))
+
+
+def ranks_ratio(num_evals: int, folder: Path, work_s: float = 0.2) -> dict:
+    """Evaluations per wall-second with 2 ranks sharing one SQLite study vs 1 rank (same total evaluations)."""
+    import torch.multiprocessing as mp
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rates = {}
+    for world_size in (1, 2):
+        db = folder / f"ranks-{world_size}.db"
+        db.unlink(missing_ok=True)
+        st.open_study(f"sqlite:///{db}", "s", _synthetic_space(), SYNTH_OBJECTIVES)  # created before the ranks start
+        out = folder / f"world{world_size}"
+        for f in folder.glob(f"{out.name}.*"):
+            f.unlink()
+        mp.spawn(_rank_worker, args=(world_size, f"sqlite:///{db}", num_evals, work_s, str(out)), nprocs=world_size)
+        found = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world_size)]
+        wall = max(f["end"] for f in found) - min(f["start"] for f in found)
+        rates[world_size] = num_evals / wall
+        print(f"{world_size} rank(s): {rates[world_size]:.2f} evaluations/s, per rank "
+              f"{[f['evaluated'] for f in found]}", flush=True)
+    return {"num_evals": num_evals, "work_s": work_s, "evals_per_s": rates, "ratio_2_vs_1": rates[2] / rates[1]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=("all", "storage", "ranks"), default="all",
+                        help="storage / ranks: only step 6 / 7 (no training)")
+    parser.add_argument("--storage-evals", type=int, default=1000)
+    parser.add_argument("--rank-evals", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=3)
     # 4 epochs: trained enough for a ~0.8-0.9 accuracy range across the space; after 10 epochs every subnet is within
     # 2 points (0.963-0.984) and the differences are mostly validation-set noise (1 image = 0.0014)
@@ -181,6 +268,16 @@ def main() -> None:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.only in ("all", "storage"):
+        found = storage_overhead(args.storage_evals, OUT / "storage")
+        print(json.dumps(found, indent=1), flush=True)
+        (OUT / "storage.json").write_text(json.dumps(found, indent=1))
+    if args.only in ("all", "ranks"):
+        found = ranks_ratio(args.rank_evals, OUT / "ranks")
+        print(json.dumps(found, indent=1), flush=True)
+        (OUT / "ranks.json").write_text(json.dumps(found, indent=1))
+    if args.only != "all":
+        return
     t0 = time.perf_counter()
     model, tl, vl = train_supernet(args.epochs)
     train_s = time.perf_counter() - t0

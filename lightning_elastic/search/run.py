@@ -170,7 +170,7 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
     if isinstance(outcome, BaseException):
         raise outcome
     result: SearchResult = outcome
-    if result.evaluations and not result.front:
+    if result.evaluations and not result.pareto:
         closest = min(result.evaluations, key=lambda e: e.violation)
         raise SearchError(
             f"`constraints` {settings.constraints} cannot be met: none of the {len(result.evaluations)} evaluated "
@@ -180,8 +180,8 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
             "HINT: relax the bound(s), or train longer if a metric bound is the one not met."
         )
     if settings.progress and ranks.rank == 0:
-        print_table(result.front, settings.parsed)
-    rank_zero_info(f"SubnetSearch: {len(result.evaluations)} evaluations, {len(result.front)} on the front; "
+        print_table(result.pareto, settings.parsed)
+    rank_zero_info(f"SubnetSearch: {len(result.evaluations)} evaluations, {len(result.pareto)} on the front; "
                    f"outputs in {output_dir}")
     return result
 

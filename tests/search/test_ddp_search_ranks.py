@@ -42,7 +42,7 @@ class RecordingSearch(SubnetSearch):
             run_module.write_outputs = real
         with open(f"{self.folder}/result-{rank}.json", "w") as fh:
             json.dump({"trials": sorted(e.number for e in result.evaluations),
-                       "front": sorted(e.number for e in result.front)}, fh)
+                       "front": sorted(e.number for e in result.pareto)}, fh)
         return result
 
 
