@@ -136,7 +136,7 @@ class SearchLoop:
                     cfg = self._next_config(tried)
                     if cfg is None and self.strategy != "evolution":
                         rank_zero_info(f"SubnetSearch: every subnet of the space is evaluated or failed "
-                                       f"({len(tried)} of {self.space.num_subnets}).")
+                                       f"({len(tried)} of {self.space.num_networks} distinct networks).")
                         break
                     trial = st.claim(self.study, cfg, self.dists, tried, self.num_evals)
                     if trial is None:
@@ -151,7 +151,7 @@ class SearchLoop:
             self.timings["total_s"] += time.perf_counter() - start
 
     def _evaluate_trial(self, trial: optuna.Trial) -> None:
-        cfg = {**self.space.max_config(), **trial.params}
+        cfg = self.space.canonical({**self.space.max_config(), **trial.params})
         t0 = time.perf_counter()
         try:
             measured = dict(self.evaluate(cfg))
@@ -212,7 +212,7 @@ class SearchLoop:
         return max(1, math.ceil((self.num_evals - self.initial) / max(1, self.rounds)))
 
     def _random_config(self, taken: set[str]) -> ArchConfig | None:
-        if len(taken) >= self.space.num_subnets:
+        if len(taken) >= self.space.num_networks:
             return None
         # extremes first: they anchor both ends of the front
         for cfg in (self.space.max_config(), self.space.min_config()):
@@ -230,7 +230,7 @@ class SearchLoop:
         for t in st.real_trials(self.study):
             measured = t.user_attrs.get("measured", {})
             if all(n in measured for n in self.predicted):
-                cfgs.append({**self.space.max_config(), **t.params})
+                cfgs.append(self.space.canonical({**self.space.max_config(), **t.params}))  # evolution: raw
                 for n in self.predicted:
                     values[n].append(measured[n])
         return cfgs, values
@@ -300,7 +300,7 @@ class SearchLoop:
         trials = self.predictor_trials if self.sampler != "gp" else min(self.predictor_trials, 60)
         for _ in range(0, trials, step):
             asked = [study.ask(self.dists) for _ in range(step)]
-            cfgs = [{**self.space.max_config(), **t.params} for t in asked]
+            cfgs = [self.space.canonical({**self.space.max_config(), **t.params}) for t in asked]
             values = self._predict(predictors, cfgs)
             for t, cfg, vals in zip(asked, cfgs, values):
                 cons = violations(vals, self.constraints, self.objectives)

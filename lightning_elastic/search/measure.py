@@ -177,7 +177,7 @@ class SubnetMeasurer:
 
     def costs(self, cfg: Mapping[str, int]) -> dict[str, float]:
         """Exact params and MACs of ``cfg`` (cached)."""
-        key = config_key(cfg)
+        key = config_key(self.supernet.canonical(cfg))  # equal networks share one entry
         if key not in self._cost_cache:
             start = time.perf_counter()
             self._cost_cache[key] = count_costs(self.supernet, cfg, self.input_shape, self.input_dtype)

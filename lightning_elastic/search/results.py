@@ -78,7 +78,7 @@ def collect(study: optuna.Study, space: SearchSpace, objectives: Sequence[Object
             violation = max([0.0, *violations(measured, constraints, objectives)])
         else:
             violation = float("inf")
-        out.append(Evaluation(t.number, {**space.max_config(), **t.params}, measured, violation,
+        out.append(Evaluation(t.number, space.canonical({**space.max_config(), **t.params}), measured, violation,
                               float(t.user_attrs.get("eval_seconds", 0.0))))
     return out
 
