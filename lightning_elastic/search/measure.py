@@ -65,6 +65,19 @@ def _input_batch(x: Any) -> torch.Tensor | None:
     return None
 
 
+def mean_token_length(loader: Any, max_batches: int = 200) -> int | None:
+    """The mean number of real (non-padding) tokens per validation sequence, from ``attention_mask``; None if the
+    batches carry no mask."""
+    total = count = 0
+    for batch in islice(loader, max_batches):
+        mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            return None
+        total += int(mask.sum())
+        count += mask.shape[0]
+    return max(1, round(total / count)) if count else None
+
+
 def example_input(input_shape: tuple[int, ...], batch_size: int = 1, dtype: torch.dtype = torch.float32,
                   device: Any = "cpu") -> torch.Tensor:
     """A synthetic model input: standard-normal floats for images, token id 0 for integer inputs (token ids)."""
@@ -174,6 +187,10 @@ class SubnetMeasurer:
         self._input_dtype = x.dtype if x is not None else torch.float32
         if self._input_shape is None and x is not None:
             self._input_shape = tuple(x.shape[1:])
+            if not x.dtype.is_floating_point and x.dim() == 2:
+                # token ids: a batch is padded to its longest sentence (or to max_length); costs and latency are
+                # stated at the validation set's mean real length, what a deployed model typically sees
+                self._input_shape = (mean_token_length(loaders[0]) or x.shape[1],)
 
     def costs(self, cfg: Mapping[str, int]) -> dict[str, float]:
         """Exact params and MACs of ``cfg`` (cached)."""
