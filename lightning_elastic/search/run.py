@@ -148,6 +148,7 @@ def search_supernet(pl_module: Any, supernet: Any, val_dataloaders: Any, train_d
                           fingerprint=st.weights_fingerprint(supernet.model))
     if ranks.rank == 0:
         ranks.barrier()
+    ranks.barrier()  # and every rank starts claiming together, once all have loaded it
     loop = SearchLoop(space, settings.parsed, settings.constraints, measurer.measure, measurer.costs, study,
                       settings, rank=ranks.rank, world_size=ranks.world_size,
                       on_round=lambda r, metrics: _log(loggers, {f"search/round/{k}": v for k, v in metrics.items()}, r))
