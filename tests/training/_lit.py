@@ -58,6 +58,21 @@ class LitClassifier(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}
 
 
+class DictClassifier(L.LightningModule):
+    """A user module for HF models fed dict batches (``input_ids``, ``attention_mask``, ``labels``)."""
+
+    def __init__(self, model: torch.nn.Module, lr: float = 0.1) -> None:
+        super().__init__()
+        self.model = model
+        self.lr = lr
+
+    def training_step(self, batch, batch_idx):
+        return self.model(**batch).loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
 def trainer(**kw) -> L.Trainer:
     defaults = dict(accelerator="cpu", devices=1, max_epochs=1, enable_progress_bar=False, enable_model_summary=False,
                     logger=False, enable_checkpointing=False, num_sanity_val_steps=0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -14,6 +13,7 @@ from lightning_elastic import ElasticTraining, SearchSpaceConfig, to_supernet
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.training.inplace import hidden_state_loss
 from lightning_elastic.training.samplers import Sampler
+from tests.training._lit import DictClassifier as Classifier
 from tests.training._lit import LitClassifier, loader, trainer
 
 SPACE = SearchSpaceConfig(depth=(1, 2), heads=(2, 4), width=None)
@@ -39,18 +39,6 @@ class MaxThenMin(Sampler):
 
     def sample(self, space, ctx, generator):
         return [("max", space.max_config()), ("min", space.min_config())]
-
-
-class Classifier(L.LightningModule):
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
-    def training_step(self, b, batch_idx):
-        return self.model(**b).loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 class GradCapture(Callback):

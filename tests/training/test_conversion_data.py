@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from itertools import islice
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from lightning_elastic import ElasticTraining, SearchSpaceConfig, get_supernet, to_supernet
 from lightning_elastic.training.calibration import calibration_loader
 from tests.adapters.hf._tiny import _bert
-from tests.training._lit import trainer
+from tests.training._lit import DictClassifier, trainer
 
 SPACE = SearchSpaceConfig(depth=(0.5, 1.0), heads=(0.5, 1.0), width=(0.5, 1.0))
 tiny_bert = _bert("BertForSequenceClassification", num_hidden_layers=3)
@@ -23,18 +22,6 @@ def rows(n: int = 12) -> list[dict[str, torch.Tensor]]:
              "labels": torch.tensor(i % 2)} for i in range(n)]
 
 
-class Classifier(L.LightningModule):
-    def __init__(self, model) -> None:
-        super().__init__()
-        self.model = model
-
-    def training_step(self, b, batch_idx):
-        return self.model(**b).loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
-
-
 def test_fit_converts_with_activation_importance_from_the_train_loader():
     torch.manual_seed(0)
     model = tiny_bert()
@@ -42,7 +29,7 @@ def test_fit_converts_with_activation_importance_from_the_train_loader():
     reference.load_state_dict(model.state_dict())
     loader = DataLoader(rows(), batch_size=4, shuffle=True)
     cb = ElasticTraining(SPACE, validate_subnets=None, seed=3)
-    trainer(callbacks=[cb], max_steps=1).fit(Classifier(model), loader)
+    trainer(callbacks=[cb], max_steps=1).fit(DictClassifier(model, lr=0.0), loader)
     net = get_supernet(model)
     assert net.importance_used["importance"] == "activation"
     # the same conversion by hand, on the same fixed draw (seed 3): identical permutations and layer order
@@ -59,7 +46,7 @@ def test_without_train_data_conversion_falls_back_to_l1():
     model = tiny_bert()
     cb = ElasticTraining(SPACE, validate_subnets=None)
 
-    class ValidateOnly(Classifier):
+    class ValidateOnly(DictClassifier):
         def validation_step(self, b, batch_idx):
             return self.model(**b).loss
 
