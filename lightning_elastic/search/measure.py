@@ -40,7 +40,11 @@ from lightning_elastic.search.latency import LatencyFn, MeasurementError, check_
 from lightning_elastic.search.objectives import COSTS
 from lightning_elastic.supernet.resize import resized_inputs
 from lightning_elastic.supernet.supernet import Supernet
-from lightning_elastic.training.calibration import calibration_loader, default_forward, recalibrated_bn
+from lightning_elastic.training.calibration import (
+    calibration_batches,
+    default_forward,
+    recalibrated_bn,
+)
 
 __all__ = ["SubnetMeasurer", "config_key", "count_costs", "example_input", "measure_latency", "resized_inputs"]
 
@@ -153,14 +157,8 @@ class SubnetMeasurer:
 
     @staticmethod
     def _take(batches: Any, n: int, seed: int) -> list[Any]:
-        # a fixed list: every subnet is calibrated on the same batches, and the loader is iterated once. The draw is
-        # seeded (a rebuilt loader's own generator; the global RNG for loaders that cannot be rebuilt), so it does not
-        # depend on what ran before; training's random stream is left as it was.
-        if batches is None or n <= 0:
-            return []
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return list(islice(iter(calibration_loader(batches, seed)), n))
+        # a fixed list: every subnet is calibrated on the same batches, and the loader is iterated once
+        return calibration_batches(batches, n, seed)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ recalibrated_bn`` keeps working.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sized
+from itertools import islice
 from typing import Any
 
 import torch
@@ -20,7 +21,8 @@ from lightning_elastic.supernet.calibration import (
     recalibrated_bn,
 )
 
-__all__ = ["batchnorm_modules", "calibrate_bn_", "calibration_loader", "default_forward", "recalibrated_bn"]
+__all__ = ["batchnorm_modules", "calibrate_bn_", "calibration_batches", "calibration_loader", "default_forward",
+           "recalibrated_bn"]
 
 
 def calibration_loader(loader: Iterable[Any], seed: int = 0) -> Iterable[Any]:
@@ -40,3 +42,17 @@ def calibration_loader(loader: Iterable[Any], seed: int = 0) -> Iterable[Any]:
                       generator=torch.Generator().manual_seed(seed), collate_fn=loader.collate_fn,
                       num_workers=loader.num_workers, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
                       worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context)
+
+
+def calibration_batches(loader: Iterable[Any] | None, n: int, seed: int = 0) -> list[Any]:
+    """The first ``n`` batches of :func:`calibration_loader` (``loader``, ``seed``) as a fixed list.
+
+    The draw is seeded (a rebuilt loader's own generator; the global RNG, forked, for loaders that cannot be rebuilt),
+    so it does not depend on what ran before, is the same on every DDP rank, and leaves training's random stream as
+    it was. Empty for no loader or ``n <= 0``.
+    """
+    if loader is None or n <= 0:
+        return []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return list(islice(iter(calibration_loader(loader, seed)), n))

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from itertools import islice
 from typing import Any
 
 import lightning as L
@@ -47,7 +46,7 @@ from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.supernet.importance import CALIBRATION_BATCHES
 from lightning_elastic.supernet.supernet import Supernet, get_supernet, to_supernet
-from lightning_elastic.training.calibration import calibration_loader
+from lightning_elastic.training.calibration import calibration_batches
 from lightning_elastic.training.ddp import UnusedParameterGrads, params_outside_graph, reached_leaves
 from lightning_elastic.training.discovery import find_model
 from lightning_elastic.training.distill import DistillLoss, resolve_distill
@@ -273,12 +272,7 @@ class ElasticTraining(Callback):
         The same fixed, seeded draw on every DDP rank (the loader is rebuilt over the whole dataset, not the rank's
         shard), so every rank computes the same permutations and layer orders, and a resumed run the same again.
         """
-        loader = train_loader_of(trainer, pl_module)
-        if loader is None:
-            return None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return list(islice(calibration_loader(loader, self.seed), CALIBRATION_BATCHES)) or None
+        return calibration_batches(train_loader_of(trainer, pl_module), CALIBRATION_BATCHES, self.seed) or None
 
     def _install(self, pl_module: L.LightningModule) -> None:
         original_step = pl_module.training_step

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from itertools import islice
 from typing import Any
 
 import lightning as L
@@ -36,7 +35,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.core.space import ArchConfig
 from lightning_elastic.supernet.supernet import Supernet
-from lightning_elastic.training.calibration import calibration_loader, default_forward, recalibrated_bn
+from lightning_elastic.training.calibration import (
+    calibration_batches,
+    default_forward,
+    recalibrated_bn,
+)
 
 SubnetSpec = str | Mapping[str, int]
 
@@ -160,10 +163,7 @@ class SubnetValidator:
                                "validating with the supernet's running statistics.")
                 self._warned = True
             return []
-        # a shuffling loader that cannot be rebuilt draws from the global RNG: seed it, and leave training's alone
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return list(islice(calibration_loader(loader, self.seed), self.calibration_batches))
+        return calibration_batches(loader, self.calibration_batches, self.seed)
 
     def _calibrated(self, trainer: L.Trainer, batches: list[Any]) -> Any:
         def forward(model: torch.nn.Module, batch: Any) -> Any:
