@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_elastic.adapters._build import OpSpecs
+from lightning_elastic.adapters.kit import OpSpecs
 from lightning_elastic.adapters.base import ConversionPlan, LayerStack
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
 from lightning_elastic.core.dims import ChannelGroup, ElasticDim

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_elastic.adapters._build import OpSpecs
+from lightning_elastic.adapters.kit import OpSpecs
 from lightning_elastic.adapters._hf import describe_hf, finalize_hf, is_lora_layer, loadable_by_hf, plan_layout
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices

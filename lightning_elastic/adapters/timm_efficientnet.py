@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_elastic.adapters._build import OpSpecs, couple_in, couple_out, op_class
+from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out, op_class
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
 from lightning_elastic.adapters.timm_resnet import _in_chans, build_timm
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_elastic.adapters._build import OpSpecs, couple_in, couple_out
+from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
 from lightning_elastic.core.config import SearchSpaceConfig, check_explicit_fields, resolve_choices
 from lightning_elastic.core.dims import ElasticDim

@@ -193,7 +193,7 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
         if name in names:
             raise ConversionError(
                 f"adapter {adapter.name!r} planned two replacements for module {name!r}. HINT: merge the axes "
-                "of one module with adapters._build.OpSpecs so it gets a single replacement."
+                "of one module with adapters.kit.OpSpecs so it gets a single replacement."
             )
         names.add(name)
         try:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lightning_elastic import ConfigError, ElasticDim
-from lightning_elastic.adapters._build import couple_in, couple_out
+from lightning_elastic.adapters.kit import couple_in, couple_out
 from lightning_elastic.core.importance import IMPORTANCE, importance_order, reorder_dim, resolve_importance
 
 

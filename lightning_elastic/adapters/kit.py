@@ -1,4 +1,4 @@
-"""Helpers adapters share: collect per-module axes, then emit one replacement per module."""
+"""The public adapter kit: collect per-module axes, then emit one replacement per module; helpers adapter authors share."""
 
 from __future__ import annotations
 
