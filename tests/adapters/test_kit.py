@@ -4,8 +4,8 @@ import pytest
 from torch import nn
 
 from lightning_elastic import ConversionError, ElasticDim
-from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out, op_class
 from lightning_elastic.adapters.base import ConversionPlan
+from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out, op_class
 from lightning_elastic.ops.base import Axis
 from lightning_elastic.ops.batchnorm import ElasticBatchNorm2d
 from lightning_elastic.ops.conv import ElasticConv2d
