@@ -5,6 +5,7 @@ Public API: convert (:func:`to_supernet`), train (:class:`ElasticTraining`, :cla
 """
 
 from lightning_elastic.adapters.base import Adapter, ConversionPlan, LayerStack
+from lightning_elastic.adapters.registry import register_adapter, registered_adapters
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import (
@@ -17,7 +18,6 @@ from lightning_elastic.core.errors import (
     UnsupportedModelError,
 )
 from lightning_elastic.core.importance import ActivationImportance
-from lightning_elastic.core.registry import register_adapter, registered_adapters
 from lightning_elastic.core.space import SearchSpace
 from lightning_elastic.supernet.importance import BlockInfluence
 from lightning_elastic.supernet.io import load_subnet, save_subnet

@@ -99,7 +99,7 @@ def test_snippet_files_are_found():
 
 @pytest.mark.parametrize("name", [f for f in FILES if blocks(f)])
 def test_python_snippets_run(name, tmp_path, monkeypatch):
-    from lightning_elastic.core.registry import registered_adapters, unregister_adapter
+    from lightning_elastic.adapters.registry import registered_adapters, unregister_adapter
 
     monkeypatch.chdir(tmp_path)  # snippets write folders (mbv3_min/, lightning_logs/, ...) where they run
     before = set(registered_adapters())

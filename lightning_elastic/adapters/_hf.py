@@ -1,18 +1,21 @@
-"""Shared machinery of the Hugging Face transformer adapters (BERT-, Llama-, ViT-family and peft LoRA).
+"""Where a transformers model keeps things (:class:`Layout`), and how a layout becomes dims and op specs.
 
-A family adapter describes *where* things are (:class:`Layout`: the layer list, per layer the attention projections,
-the MLP and the residual-stream norms, plus embeddings, final norms and heads); :func:`plan_layout` turns a layout
-into dims and op specs the same way for every family. peft ``lora.Linear`` wrappers are resolved transparently:
-the frozen ``base_layer`` is sliced, and ``lora_A`` (input) / ``lora_B`` (output) are sliced with it, so a narrowed
-base and its adapters always stay consistent.
+A family adapter (or the structure discovery of :mod:`~lightning_elastic.adapters.hf_generic`) describes *where*
+things are: one or more layer stacks, per layer the attention projections (separate, fused in equal q/k/v segments,
+fused per head as in GPT-NeoX, or fused with GQA as in Phi-3), cross-attention, the MLP and the residual-stream norms,
+plus embeddings, final norms and heads. :func:`plan_layout` turns any layout into dims and op specs the same way.
+peft ``lora.Linear`` wrappers are resolved transparently: the frozen ``base_layer`` is sliced, and ``lora_A`` (input)
+/ ``lora_B`` (output) are sliced with it, so a narrowed base and its adapters always stay consistent. GPT-style
+``Conv1D`` (a transposed Linear) gets :class:`~lightning_elastic.ops.conv1d.ElasticConv1D`.
 
-Dimensions (names are relative to the HF layer list, the same for every family):
+Dimensions (``layers`` is the stack's name: ``layers`` for one stack, its path such as ``encoder.block`` for more):
     ``layers.depth``: layers kept: trailing layers are dropped by default; with calibration data the least
-        influential go first (``SearchSpaceConfig.depth_importance``), decoders always keep layer 0.
-    ``layers.{i}.attn.heads``: query heads of layer ``i`` (total count). With grouped-query attention every KV head
-        is kept and the same number of query heads is dropped from each KV group, so values are multiples of
+        influential go first (``SearchSpaceConfig.depth_importance``); decoders, and stacks whose layer 0 computes a
+        position bias for all (T5), always keep layer 0.
+    ``layers.{i}.attn.heads``: query heads of layer ``i`` (total count); ``layers.attn.heads`` for a stack sharing
+        one count (T5); ``layers.{i}.cross_attn.heads`` for cross-attention. With grouped-query attention every KV
+        head is kept and the same number of query heads is dropped from each KV group, so values are multiples of
         ``num_key_value_heads`` and ``head_dim`` is never sliced (RoPE). Without GQA, whole heads (q, k and v) go.
-        A fused ``qkv_proj`` (Phi-3) is sliced as three equal segments; with GQA its heads stay at full size.
     ``layers.{i}.mlp.hidden``: MLP intermediate size of layer ``i`` (gate/up outputs, down input; a fused
         ``gate_up_proj`` is sliced as two segments).
     ``hidden``: the residual-stream (embedding) width, off unless ``SearchSpaceConfig.embed_dim`` is set.
@@ -23,17 +26,20 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 
 from torch import nn
 
-from lightning_elastic.adapters.kit import OpSpecs
 from lightning_elastic.adapters.base import ConversionPlan, LayerStack
+from lightning_elastic.adapters.hf_fused import ElasticFusedQKV, QRows
+from lightning_elastic.adapters.kit import OpSpecs, op_class
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
 from lightning_elastic.core.dims import ChannelGroup, ElasticDim
 from lightning_elastic.core.errors import ConfigError, ConversionError
 from lightning_elastic.ops.base import Axis
+from lightning_elastic.ops.conv1d import ElasticConv1D, is_conv1d
 from lightning_elastic.ops.depth import ElasticModuleList
+from lightning_elastic.ops.rmsnorm import ElasticRMSNorm
 
 AUTO_WIDTH = (0.5, 0.75, 1.0)
 AUTO_HEADS = (0.5, 0.75, 1.0)
@@ -71,6 +77,10 @@ class AttnLayout:
     num_heads: int
     num_kv: int
     head_attrs: Callable[[nn.Module, int], None] | None = None  # fn(attn_module, active_total_heads)
+    interleaved: bool = False  # a fused qkv laid out per head, [heads, 3, head_dim] (GPT-NeoX), not [3, heads, ...]
+    extra_out: list[str] = field(default_factory=list)  # more Linears with q's head layout (DeBERTa pos_*_proj)
+    head_tables: list[str] = field(default_factory=list)  # Embeddings with one column per head (T5 relative bias)
+    heads_blocker: str | None = None  # why the heads cannot be elastic (a head-indexed bare Parameter), or None
 
     @property
     def fused(self) -> bool:
@@ -78,19 +88,48 @@ class AttnLayout:
         num_heads``; with GQA the k/v parts are smaller, so its heads stay at full size."""
         return self.q == self.k == self.v
 
+    def prefixed(self, p: Callable[[str], str]) -> AttnLayout:
+        return AttnLayout(p(self.module), p(self.q), p(self.k), p(self.v), p(self.o), self.head_dim, self.num_heads,
+                          self.num_kv, self.head_attrs, self.interleaved, [p(x) for x in self.extra_out],
+                          [p(x) for x in self.head_tables], self.heads_blocker)
+
 
 @dataclass
 class LayerLayout:
-    attn: AttnLayout
+    attn: AttnLayout | None  # None for attention-free blocks (ConvNeXt)
     mlp_in: list[str]  # Linear(s) producing the MLP hidden (gate, up / intermediate.dense / fc1)
     mlp_out: str  # Linear consuming it
     norms: list[str]  # residual-stream norms inside the layer
     mlp_segments: int = 1  # 2 for a fused gate/up Linear (Phi-3's ``gate_up_proj``: gate half, then up half)
+    cross: AttnLayout | None = None  # cross-attention of an encoder-decoder's decoder layer
+
+    @property
+    def attns(self) -> list[tuple[str, AttnLayout]]:
+        return [(n, a) for n, a in (("attn", self.attn), ("cross_attn", self.cross)) if a is not None]
+
+    def prefixed(self, p: Callable[[str], str]) -> LayerLayout:
+        return LayerLayout(self.attn and self.attn.prefixed(p), [p(m) for m in self.mlp_in], p(self.mlp_out),
+                           [p(n) for n in self.norms], self.mlp_segments, self.cross and self.cross.prefixed(p))
+
+
+@dataclass
+class Stack:
+    """One list of residual layers: its dims are named ``{name}.depth``, ``{name}.{i}.attn.heads`` …"""
+
+    name: str
+    path: str
+    layer_list: list[LayerLayout]
+    causal: bool = False
+    shared_heads: bool = False  # one heads dim for every layer (T5 hands layer 0's position bias to all layers)
 
 
 @dataclass
 class Layout:
-    """Where a family keeps things. Paths are qualified names inside the model handed to :func:`plan_layout`."""
+    """Where a family keeps things. Paths are qualified names inside the model handed to :func:`plan_layout`.
+
+    ``layers`` / ``layer_list`` are the first (usually only) layer stack, named ``layers``; ``more_stacks`` holds the
+    others (an encoder-decoder's decoder, a hierarchical model's later stages).
+    """
 
     family: str
     layers: str
@@ -103,19 +142,26 @@ class Layout:
     hidden_blockers: list[str] = field(default_factory=list)  # modules that make an elastic hidden size impossible
     causal: bool = False
     bare: bool = False  # the model outputs hidden states itself: hidden channels must keep their order
+    stack_name: str = "layers"
+    shared_heads: bool = False
+    more_stacks: list[Stack] = field(default_factory=list)
+
+    @property
+    def stacks(self) -> list[Stack]:
+        return [Stack(self.stack_name, self.layers, self.layer_list, self.causal, self.shared_heads),
+                *self.more_stacks]
 
     def prefixed(self, prefix: str) -> Layout:
         """The same layout seen from a wrapper (``prefix`` such as ``'base_model.model.'``)."""
         def p(path: str) -> str:
             return prefix + path
 
-        layers = [LayerLayout(AttnLayout(p(la.attn.module), p(la.attn.q), p(la.attn.k), p(la.attn.v), p(la.attn.o),
-                                         la.attn.head_dim, la.attn.num_heads, la.attn.num_kv, la.attn.head_attrs),
-                              [p(m) for m in la.mlp_in], p(la.mlp_out), [p(n) for n in la.norms], la.mlp_segments)
-                  for la in self.layer_list]
-        return Layout(self.family, p(self.layers), layers, self.hidden, [p(e) for e in self.embeddings],
-                      [p(n) for n in self.norms], [p(r) for r in self.reads], [p(w) for w in self.writes],
-                      list(self.hidden_blockers), self.causal, self.bare)
+        more = [Stack(s.name, p(s.path), [la.prefixed(p) for la in s.layer_list], s.causal, s.shared_heads)
+                for s in self.more_stacks]
+        return Layout(self.family, p(self.layers), [la.prefixed(p) for la in self.layer_list], self.hidden,
+                      [p(e) for e in self.embeddings], [p(n) for n in self.norms], [p(r) for r in self.reads],
+                      [p(w) for w in self.writes], list(self.hidden_blockers), self.causal, self.bare,
+                      self.stack_name, self.shared_heads, more)
 
 
 def is_lora_layer(module: nn.Module) -> bool:
@@ -138,7 +184,7 @@ class _Wiring:
     def out(self, group: ChannelGroup, path: str, axis: Axis) -> None:
         base, module, adapters = self._split(path)
         self.specs.set(base, out_axis=axis)
-        group.add(module, "weight", 0, unit=axis.unit, segments=axis.segments)
+        group.add(module, "weight", 1 if is_conv1d(module) else 0, unit=axis.unit, segments=axis.segments)
         group.add(module, "bias", 0, unit=axis.unit, segments=axis.segments, scores=False)
         for a in adapters:
             lora_b = self.model.get_submodule(f"{path}.lora_B.{a}")
@@ -149,7 +195,8 @@ class _Wiring:
     def into(self, group: ChannelGroup, path: str, axis: Axis) -> None:
         base, module, adapters = self._split(path)
         self.specs.set(base, in_axis=axis)
-        group.add(module, "weight", 1, unit=axis.unit, segments=axis.segments, scores=False)
+        group.add(module, "weight", 0 if is_conv1d(module) else 1, unit=axis.unit, segments=axis.segments,
+                  scores=False)
         for a in adapters:
             self.specs.set(f"{path}.lora_A.{a}", in_axis=axis)
             group.add(self.model.get_submodule(f"{path}.lora_A.{a}"), "weight", 1, unit=axis.unit,
@@ -164,6 +211,44 @@ class _Wiring:
     def embedding(self, group: ChannelGroup, path: str, dim: ElasticDim) -> None:
         self.specs.set(path, axis=dim)
         group.add(self.model.get_submodule(path), "weight", 1)
+
+    def table(self, group: ChannelGroup, path: str, dim: ElasticDim) -> None:
+        """An Embedding with one column per head (T5's relative attention bias)."""
+        self.specs.set(path, axis=dim)
+        group.add(self.model.get_submodule(path), "weight", 1, scores=False)
+
+
+class HFOpSpecs(OpSpecs):
+    """:class:`OpSpecs` that also knows GPT-style ``Conv1D`` and RMS norms not named ``*RMSNorm`` (``T5LayerNorm``)."""
+
+    def emit(self, plan: ConversionPlan) -> None:
+        for name, kwargs in self.specs.items():
+            module = self.model.get_submodule(name)
+            if isinstance(kwargs.get("out_axis"), QRows):
+                cls = ElasticFusedQKV
+            elif is_conv1d(module):
+                cls = ElasticConv1D
+            elif is_rms_norm(module):
+                cls = ElasticRMSNorm
+            else:
+                cls = op_class(module)
+            plan.replace(name, partial(cls.from_module, **kwargs))
+
+
+def is_rms_norm(module: nn.Module) -> bool:
+    """An RMS norm of any class: a 1-D ``weight``, no ``bias`` and an ``eps`` / ``variance_epsilon``."""
+    weight = getattr(module, "weight", None)
+    return (not isinstance(module, nn.LayerNorm) and isinstance(weight, nn.Parameter) and weight.dim() == 1
+            and getattr(module, "bias", None) is None and "norm" in type(module).__name__.lower()
+            and (hasattr(module, "variance_epsilon") or hasattr(module, "eps")))
+
+
+def features(module: nn.Module) -> tuple[int, int]:
+    """``(in_features, out_features)`` of a Linear, a GPT-style Conv1D or a peft wrapper around either."""
+    module = module.base_layer if is_lora_layer(module) else module
+    if is_conv1d(module):
+        return module.nx, module.nf
+    return module.in_features, module.out_features
 
 
 def head_choices(config: SearchSpaceConfig, name: str, num_heads: int, num_kv: int) -> list[int]:
@@ -227,15 +312,6 @@ def plan_layout(model: nn.Module, layout: Layout, config: SearchSpaceConfig, pla
                 specs: OpSpecs, *, depth_auto: tuple[float, ...] | None, depth_order: list[int] | None = None) -> None:
     """Add the dims and op specs of ``layout`` to ``plan`` / ``specs`` (touches nothing in ``model``)."""
     wire = _Wiring(model, specs)
-    n = len(layout.layer_list)
-    check_depth_order(depth_order, n, layout.family)
-    depth = ElasticDim("layers.depth", resolve_choices(config.depth, n, depth_auto, "depth"), n, kind="depth")
-    plan.dims.append(depth)
-    plan.replace(layout.layers, lambda m, d=depth, o=depth_order: ElasticModuleList.from_module(m, d, o))
-    # decoders keep layer 0 first: the KV cache reads the sequence length from it (exports renumber layers anyway)
-    plan.layer_stacks[depth.name] = LayerStack(layout.layers, first=(0,) if layout.causal else (),
-                                               order=depth_order, fixed=_mixed_layer_types(model))
-
     hidden_choices = resolve_choices(config.embed_dim, layout.hidden, None, "embed_dim")
     if len(hidden_choices) > 1 and layout.hidden_blockers:
         raise ConversionError(
@@ -244,53 +320,14 @@ def plan_layout(model: nn.Module, layout: Layout, config: SearchSpaceConfig, pla
             "HINT: pass embed_dim=None, or use a bare/classification model of this family."
         )
     hidden = ElasticDim("hidden", hidden_choices, layout.hidden, kind="width")
-    plan.dims.append(hidden)
     # a bare model returns the hidden states: reordering them would permute its output, so keep the order
     hgroup = ChannelGroup() if layout.bare else hidden.couple()
-    hax = Axis(hidden)
     elastic_hidden = hidden.is_elastic or any(fnmatch.fnmatchcase("hidden", p) for p in config.overrides)
-
-    for i, layer in enumerate(layout.layer_list):
-        at = layer.attn
-        name = f"layers.{i}.attn.heads"
-        choices = [at.num_heads] if at.fused and at.num_kv < at.num_heads else head_choices(
-            config, name, at.num_heads, at.num_kv)
-        heads = ElasticDim(name, choices, at.num_heads, kind="heads")
-        plan.dims.append(heads)
-        group = heads.couple()
-        if at.fused:  # qkv_proj: q, k and v are three equal segments, each sliced to the same heads
-            ax = Axis(heads, unit=at.head_dim, segments=3)
-            projections = [at.q]
-        elif at.num_kv < at.num_heads:  # GQA: keep every KV head, drop query heads inside each group
-            ax = Axis(ScaledDim(heads, at.num_kv), unit=at.head_dim, segments=at.num_kv)
-            projections = [at.q]
-        else:
-            ax = Axis(heads, unit=at.head_dim)
-            projections = [at.q, at.k, at.v]
-        for proj in projections:
-            wire.out(group, proj, ax)
-        wire.into(group, at.o, Axis(heads, unit=at.head_dim) if at.fused else ax)  # o reads q heads only
-        if at.head_attrs is not None:
-            attn = model.get_submodule(at.module)
-            plan.after_apply.append(lambda d=heads, a=attn, f=at.head_attrs: d.on_change(lambda v: f(a, v)))
-
-        mlp_full = model.get_submodule(wire._split(layer.mlp_out)[0]).in_features
-        mlp = ElasticDim(f"layers.{i}.mlp.hidden", resolve_choices(config.width, mlp_full, AUTO_WIDTH, "width"),
-                         mlp_full, kind="width")
-        plan.dims.append(mlp)
-        group = mlp.couple()
-        for proj in layer.mlp_in:
-            wire.out(group, proj, Axis(mlp, segments=layer.mlp_segments))
-        wire.into(group, layer.mlp_out, Axis(mlp))
-
-        if elastic_hidden:
-            for proj in dict.fromkeys((at.q, at.k, at.v, *layer.mlp_in)):  # a fused qkv_proj once
-                wire.into(hgroup, proj, hax)
-            wire.out(hgroup, at.o, hax)
-            wire.out(hgroup, layer.mlp_out, hax)
-            for norm in layer.norms:
-                wire.norm(hgroup, norm, hidden)
+    for k, stack in enumerate(layout.stacks):
+        _plan_stack(model, stack, layout.family, config, plan, wire, depth_auto, depth_order if k == 0 else None,
+                    hgroup if elastic_hidden else None, hidden, first=k == 0)
     if elastic_hidden:
+        hax = Axis(hidden)
         for emb in layout.embeddings:
             wire.embedding(hgroup, emb, hidden)
         for norm in layout.norms:
@@ -301,215 +338,107 @@ def plan_layout(model: nn.Module, layout: Layout, config: SearchSpaceConfig, pla
             wire.out(hgroup, path, hax)
 
 
-def layer_values(cfg: dict[str, int], space_dims: dict[str, int], n: int, kind: str) -> list[int]:
-    """Per-layer values of ``heads``/``mlp.hidden`` in ``cfg`` (dims not in the space are at ``space_dims`` full)."""
-    key = "attn.heads" if kind == "heads" else "mlp.hidden"
-    return [cfg.get(f"layers.{i}.{key}", space_dims.get(f"layers.{i}.{key}")) for i in range(n)]
+def _plan_stack(model: nn.Module, stack: Stack, family: str, config: SearchSpaceConfig, plan: ConversionPlan,
+                wire: _Wiring, depth_auto: tuple[float, ...] | None, depth_order: list[int] | None,
+                hgroup: ChannelGroup | None, hidden: ElasticDim, first: bool) -> None:
+    n, name = len(stack.layer_list), stack.name
+    check_depth_order(depth_order, n, family)
+    depth = ElasticDim(f"{name}.depth", resolve_choices(config.depth, n, depth_auto, "depth"), n, kind="depth")
+    plan.dims.append(depth)
+    if first:
+        plan.dims.append(hidden)  # the historical order (checkpointed space signatures): depth, hidden, layers
+    plan.replace(stack.path, lambda m, d=depth, o=depth_order: ElasticModuleList.from_module(m, d, o))
+    # decoders keep layer 0 first: the KV cache reads the sequence length from it (exports renumber layers anyway);
+    # so does a stack whose layer 0 computes the position bias every layer adds (T5)
+    tables = any(at.head_tables for la in stack.layer_list[:1] for _, at in la.attns)
+    plan.layer_stacks[depth.name] = LayerStack(stack.path, first=(0,) if stack.causal or tables else (),
+                                               order=depth_order, fixed=_mixed_layer_types(model))
+    shared: dict[str, tuple[ElasticDim, ChannelGroup]] = {}
+    for i, layer in enumerate(stack.layer_list):
+        for kind, at in layer.attns:
+            key = f"{name}.{kind}.heads" if stack.shared_heads else f"{name}.{i}.{kind}.heads"
+            lora_gqa = at.fused and at.num_kv < at.num_heads and is_lora_layer(model.get_submodule(at.q))
+            if key not in shared:
+                choices = [at.num_heads] if lora_gqa else _attn_choices(config, key, at)
+                heads = ElasticDim(key, choices, at.num_heads, kind="heads")
+                plan.dims.append(heads)
+                shared[key] = (heads, heads.couple())
+            heads, group = shared[key]
+            if stack.shared_heads and at.num_heads != heads.full:
+                raise ConversionError(
+                    f"layer {i} of {stack.path!r} has {at.num_heads} heads, layer 0 has {heads.full}; one `{key}` dim "
+                    "needs the same count in every layer. HINT: register an adapter with a `layout(model)` that keeps "
+                    "`shared_heads=False` for this family."
+                )
+            if not lora_gqa:  # lora_B of a GQA qkv_proj cannot follow its uneven segments: those heads stay whole
+                _wire_attn(model, wire, plan, group, heads, at)
+        mlp_full = features(model.get_submodule(layer.mlp_out))[0]
+        mlp = ElasticDim(f"{name}.{i}.mlp.hidden", resolve_choices(config.width, mlp_full, AUTO_WIDTH, "width"),
+                         mlp_full, kind="width")
+        plan.dims.append(mlp)
+        group = mlp.couple()
+        for proj in layer.mlp_in:
+            wire.out(group, proj, Axis(mlp, segments=layer.mlp_segments))
+        wire.into(group, layer.mlp_out, Axis(mlp))
+
+        if hgroup is not None:
+            hax = Axis(hidden)
+            for _, at in layer.attns:
+                for proj in dict.fromkeys((at.q, at.k, at.v)):  # a fused qkv_proj once
+                    wire.into(hgroup, proj, hax)
+                wire.out(hgroup, at.o, hax)
+            for proj in layer.mlp_in:
+                wire.into(hgroup, proj, hax)
+            wire.out(hgroup, layer.mlp_out, hax)
+            for norm in layer.norms:
+                wire.norm(hgroup, norm, hidden)
 
 
-def describe_hf(model: nn.Module) -> dict[str, Any]:
-    """Metadata that rebuilds a randomly initialised model of the same class and config."""
-    return {"library": "transformers", "class": type(model).__name__, "config": model.config.to_dict()}
+def _attn_choices(config: SearchSpaceConfig, name: str, at: AttnLayout) -> list[int]:
+    """Head choices of one attention; a fixed count where the heads cannot be sliced (and were not asked for).
 
-
-def build_hf(meta: dict[str, Any]) -> nn.Module:
-    """Rebuild an HF model (random init) from :func:`describe_hf` metadata."""
-    import transformers
-
-    cls = getattr(transformers, meta["class"])
-    config = cls.config_class.from_dict(dict(meta["config"]))
-    return cls(config).eval()
-
-
-def renumber_layers(layers: nn.ModuleList) -> None:
-    """Give the kept layers consecutive ``layer_idx`` values (KV caches index by it)."""
-    for i, layer in enumerate(layers):
-        for module in layer.modules():
-            if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = i
-
-
-def base_linear(model: nn.Module, path: str) -> nn.Module:
-    module = model.get_submodule(path)
-    return module.base_layer if is_lora_layer(module) else module
-
-
-def loadable_by_hf(model: nn.Module) -> bool:
-    """Whether ``type(model)(model.config)`` builds exactly these tensor shapes (so plain ``from_pretrained`` works).
-
-    Never raises: a config the class refuses (e.g. BERT with a hidden size that is not a multiple of a smaller head
-    count: 9 of 12 heads at hidden 384) means plain ``from_pretrained`` cannot load it, so the subnet is saved for
-    ``load_subnet`` instead.
+    Raises:
+        ConversionError: ``heads`` or an override asks for elastic heads that ``at.heads_blocker`` forbids.
     """
-    import torch
-
-    try:
-        with torch.device("meta"):
-            reference = type(model)(model.config)
-    except Exception:  # noqa: BLE001 - any refusal of the class means "not loadable by plain from_pretrained"
-        return False
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-    return ours == theirs
-
-
-class HFTransformerAdapter:
-    """Mixin with the parts every HF family adapter shares; a family implements :meth:`layout`.
-
-    Args:
-        depth_order: which layers ``layers.depth`` keeps first: None leaves it to ``SearchSpaceConfig.
-            depth_importance`` (block influence with calibration data, else trailing layers dropped); a list of layer
-            indices (most important first) fixes the order here. Prefer ``depth_importance={'layers.depth': [...]}``:
-            it travels with the space config into checkpoints and ``subnet.json``.
-    """
-
-    family = ""
-    depth_auto: tuple[float, ...] | None = (0.5, 0.75, 1.0)
-
-    def __init__(self, depth_order: list[int] | None = None) -> None:
-        self.depth_order = depth_order
-
-    def layout(self, model: nn.Module) -> Layout | None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def update_config(self, config: Any, heads: int, mlp: int, hidden: int, layout: Layout) -> None:
-        """Write homogeneous sizes into an exported model's config (family-specific keys)."""
-        config.num_attention_heads = heads
-        config.intermediate_size = mlp
-        config.hidden_size = hidden
-
-    # -- Adapter protocol --------------------------------------------------------------------------------------
-    def matches(self, model: nn.Module) -> bool:
-        if type(model).__module__.startswith("peft."):
-            return False  # PeftModels go to the peft-lora adapter, which reuses this layout
-        return hasattr(model, "config") and self.layout(model) is not None
-
-    def plan(self, model: nn.Module, config: SearchSpaceConfig) -> ConversionPlan:
-        layout = self.layout(model)
-        plan = ConversionPlan(meta=describe_hf(model))
-        specs = OpSpecs(model)
-        plan_layout(model, layout, config, plan, specs, depth_auto=self.depth_auto, depth_order=self.depth_order)
-        specs.emit(plan)
-        return plan
-
-    def finalize_export(self, model: nn.Module, supernet: Any, cfg: dict[str, int]) -> None:
-        finalize_hf(model, self, "")
-
-    def build_original(self, meta: dict[str, Any]) -> nn.Module:
-        return build_hf(meta)
-
-    def save(self, exported: nn.Module, supernet: Any, cfg: dict[str, int], directory) -> None:
-        if loadable_by_hf(exported):
-            exported.save_pretrained(directory)
-
-    def load(self, directory, info: dict[str, Any]) -> nn.Module | None:
-        return load_hf(directory, info["meta"])
+    if at.heads_blocker is None:
+        return head_choices(config, name, at.num_heads, at.num_kv)
+    asked = [p for p in config.overrides if p == name or fnmatch.fnmatchcase(name, p)]
+    if config.heads not in (None, "auto") or asked:
+        raise ConversionError(
+            f"`heads`={config.heads!r}{f' (overrides {asked})' if asked else ''} asks for elastic heads in {name!r}, "
+            f"but {at.heads_blocker}; allowed: heads=None or 'auto' (heads stay at {at.num_heads} there). "
+            "HINT: pass heads=None (or leave it 'auto') and drop overrides of these heads."
+        )
+    return [at.num_heads]
 
 
-def load_hf(directory, meta: dict[str, Any]) -> nn.Module | None:
-    """``from_pretrained`` when the folder holds an HF ``config.json`` (homogeneous subnets), else None."""
-    from pathlib import Path
-
-    if not (Path(directory) / "config.json").is_file():
-        return None
-    import transformers
-
-    return getattr(transformers, meta["class"]).from_pretrained(str(directory)).eval()
-
-
-def finalize_hf(model: nn.Module, adapter: HFTransformerAdapter, prefix: str, hf_model: nn.Module | None = None) -> None:
-    """Fix sizes on an exported HF model: renumber layers, update the config, re-tie embeddings.
-
-    ``model`` is what the layout paths refer to (a PeftModel for LoRA supernets, with ``prefix``); ``hf_model`` the
-    transformers model inside it (``model`` itself by default).
-    """
-    hf_model = model if hf_model is None else hf_model
-    layout = adapter.layout(hf_model).prefixed(prefix)
-    config = hf_model.config
-    layers = model.get_submodule(layout.layers)
-    kept = [_layer_index(layer, i) for i, layer in enumerate(layers)]
-    renumber_layers(layers)
-    if config.num_hidden_layers != len(layers):
-        types = getattr(config, "layer_types", None)
-        config.num_hidden_layers = len(layers)
-        if isinstance(types, list | tuple) and len(types) > max(kept, default=0):
-            config.layer_types = [types[i] for i in kept]
-    heads, mlps = [], []
-    for la in layout.layer_list:
-        heads.append(base_linear(model, la.attn.o).in_features // la.attn.head_dim)  # also right for fused qkv
-        mlps.append(base_linear(model, la.mlp_out).in_features)
-    hidden = base_linear(model, layout.layer_list[0].attn.o).out_features if layout.layer_list else layout.hidden
-    homogeneous = len(set(heads)) <= 1 and len(set(mlps)) <= 1 and heads
-    if homogeneous:
-        adapter.update_config(config, heads[0], mlps[0], hidden, layout)
-    for la in layout.layer_list:
-        attn = model.get_submodule(la.attn.module)
-        # the marker is ours (not an HF attribute); a per-layer config (fused attention) stays only while layers
-        # differ, a homogeneous export shares the model's config again
-        if attn.__dict__.pop(OWN_CONFIG, False) and homogeneous:
-            attn.config = config
-    quant = getattr(getattr(hf_model, "hf_quantizer", None), "quantization_config", None)
-    if "gguf" in str(getattr(quant, "quant_method", "")).lower():
-        # GGUF weights were dequantized to float on load: the export is a plain float model that can be saved
-        hf_model.hf_quantizer = None
-        config.__dict__.pop("quantization_config", None)
-    out_emb = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
-    if getattr(config, "tie_word_embeddings", False) and isinstance(out_emb, nn.Linear):
-        out_emb.weight = hf_model.get_input_embeddings().weight
+def _wire_attn(model: nn.Module, wire: _Wiring, plan: ConversionPlan, group: ChannelGroup, heads: ElasticDim,
+               at: AttnLayout) -> None:
+    if at.fused and at.interleaved:  # [heads, 3, head_dim]: a head is one contiguous unit of q, k and v
+        ax, o_ax, projections = Axis(heads, unit=3 * at.head_dim), Axis(heads, unit=at.head_dim), [at.q]
+    elif at.fused and at.num_kv < at.num_heads:  # GQA qkv_proj: q heads per KV group, k/v rows whole, no reorder
+        ax = Axis(ScaledDim(heads, at.num_kv), unit=at.head_dim, segments=at.num_kv)
+        wire.specs.set(at.q, out_axis=QRows(ax, at.num_heads * at.head_dim))
+        wire.into(ChannelGroup(), at.o, ax)  # a group of its own: the o_proj columns keep q's order
+        _bind_heads(model, plan, heads, at)
+        return
+    elif at.fused:  # qkv_proj: q, k and v are three equal segments, each sliced to the same heads
+        ax, o_ax, projections = Axis(heads, unit=at.head_dim, segments=3), Axis(heads, unit=at.head_dim), [at.q]
+    elif at.num_kv < at.num_heads:  # GQA: keep every KV head, drop query heads inside each group
+        ax = o_ax = Axis(ScaledDim(heads, at.num_kv), unit=at.head_dim, segments=at.num_kv)
+        projections = [at.q]
+    else:
+        ax = o_ax = Axis(heads, unit=at.head_dim)
+        projections = [at.q, at.k, at.v]
+    for proj in [*projections, *at.extra_out]:
+        wire.out(group, proj, ax)
+    wire.into(group, at.o, o_ax)  # o reads q heads only
+    for table in at.head_tables:
+        wire.table(group, table, heads)
+    _bind_heads(model, plan, heads, at)
 
 
-def _layer_index(layer: nn.Module, default: int) -> int:
-    for module in layer.modules():
-        if isinstance(getattr(module, "layer_idx", None), int):
-            return module.layer_idx
-    return default
-
-
-def head_parts(model: nn.Module, base_prefix: str, hidden: int) -> tuple[list[str], list[str], list[str]]:
-    """Linears / LayerNorms outside the base model that touch the hidden size: ``(reads, writes, norms)``.
-
-    A head Linear with ``in_features == hidden`` reads the (elastic) hidden features, one with ``out_features ==
-    hidden`` writes them for the next head module (BERT's MLM transform, DistilBERT's pre-classifier), and a
-    LayerNorm over ``hidden`` normalises them; slicing all of them alike keeps tied decoders consistent.
-    """
-    reads, writes, norms = [], [], []
-    if not base_prefix:
-        return reads, writes, norms  # a bare base model has no head
-    for name, module in model.named_modules():
-        if not name or name == base_prefix or name.startswith(base_prefix + "."):
-            continue
-        if any(is_lora_layer(model.get_submodule(p)) for p in _parents(name)):
-            continue  # inside a peft wrapper: handled through the wrapper
-        if is_lora_layer(module):
-            module = module.base_layer
-        if isinstance(module, nn.Linear):
-            if module.in_features == hidden:
-                reads.append(name)
-            if module.out_features == hidden:
-                writes.append(name)
-        elif isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) == (hidden,):
-            norms.append(name)
-    return reads, writes, norms
-
-
-def _parents(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def has_submodules(layer: nn.Module, paths: tuple[str, ...]) -> bool:
-    """Whether ``layer`` has every dotted submodule in ``paths`` (layout detection by structure, not class name)."""
-    try:
-        for path in paths:
-            layer.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
-
-
-def find_module(model: nn.Module, target: nn.Module) -> str | None:
-    """The qualified name of ``target`` inside ``model`` ('' for the model itself)."""
-    for name, module in model.named_modules():
-        if module is target:
-            return name
-    return None
+def _bind_heads(model: nn.Module, plan: ConversionPlan, heads: ElasticDim, at: AttnLayout) -> None:
+    if at.head_attrs is not None:
+        attn = model.get_submodule(at.module)
+        plan.after_apply.append(lambda d=heads, a=attn, f=at.head_attrs: d.on_change(lambda v: f(a, v)))

@@ -8,18 +8,37 @@ failing conversion leaves the model untouched.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from torch import nn
 
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.dims import ElasticDim
+from lightning_elastic.core.space import ArchConfig, SearchSpace
 
-if TYPE_CHECKING:
-    from lightning_elastic.supernet.supernet import Supernet
+
+class SupernetView(Protocol):
+    """What adapter hooks (and export) may use of a :class:`lightning_elastic.Supernet`; the adapters sit below
+    the supernet layer, so they see it through this protocol instead of importing it."""
+
+    model: nn.Module
+    space: SearchSpace
+    adapter: Adapter
+    config: SearchSpaceConfig
+    meta: dict[str, Any]
+    added_attributes: dict[str, frozenset[str]]
+
+    def max_config(self) -> ArchConfig: ...
+
+    def min_config(self) -> ArchConfig: ...
+
+    def resolution(self, cfg: Mapping[str, int] | None = None) -> int | None: ...
+
+    def subnet(self, cfg: Mapping[str, int], strict: bool = True) -> AbstractContextManager[ArchConfig]: ...
 
 
 @dataclass
@@ -82,7 +101,7 @@ class Adapter(ABC):
     def plan(self, model: nn.Module, config: SearchSpaceConfig) -> ConversionPlan:
         """Find dims and replacements without modifying ``model``. Raise ConversionError on problems."""
 
-    def finalize_export(self, model: nn.Module, supernet: Supernet, cfg: dict[str, int]) -> None:
+    def finalize_export(self, model: nn.Module, supernet: SupernetView, cfg: dict[str, int]) -> None:
         """Fix size attributes / configs on an exported model (after all elastic ops were replaced)."""
         return None  # optional hook: most adapters' exports need no fixing
 
@@ -90,7 +109,7 @@ class Adapter(ABC):
         """Rebuild the original (randomly initialised) model from ``plan.meta``; used by ``load_subnet``."""
         raise NotImplementedError(f"adapter {self.name!r} cannot rebuild models from metadata")
 
-    def save(self, exported: nn.Module, supernet: Supernet, cfg: dict[str, int], directory: Path) -> None:
+    def save(self, exported: nn.Module, supernet: SupernetView, cfg: dict[str, int], directory: Path) -> None:
         """Write adapter-specific files beside the default safetensors + ``subnet.json`` (optional)."""
         return None  # optional hook: the default files are enough
 

@@ -13,10 +13,11 @@ count must be a multiple of ``num_key_value_heads`` (``num_key_value_groups`` fo
 whole heads (q, k, v) are dropped. Depth keeps layer 0 first: the KV cache reads its length from layer 0.
 
 Fused Phi-3 layout: ``gate_up_proj`` is sliced as two segments (gate half, up half) and, without GQA, ``qkv_proj`` as
-three (q, k, v), so a LoRA ``lora_B`` on them is sliced the same way. Phi-3's attention reads the query width from
+three (q, k, v), so a LoRA ``lora_B`` on them is sliced the same way. With GQA, the q rows of ``qkv_proj`` lose query
+heads per KV group and the k/v rows stay (:mod:`~lightning_elastic.adapters.hf_fused`; those heads keep their order). Phi-3's attention reads the query width from
 ``self.config.num_attention_heads``, a config shared by all layers: on the first ``select`` each attention gets its
 own shallow copy of the config (heads can differ per layer); a homogeneous export shares the model's config again.
-With GQA the k/v parts of ``qkv_proj`` are smaller than q, so there its heads stay at full size.
+With GQA and a LoRA on ``qkv_proj``, its heads stay at full size (``lora_B`` cannot follow the uneven segments).
 """
 
 from __future__ import annotations
@@ -26,20 +27,15 @@ from typing import Any
 
 from torch import nn
 
-from lightning_elastic.adapters._hf import (
-    OWN_CONFIG,
-    AttnLayout,
+from lightning_elastic.adapters._hf import OWN_CONFIG, Layout
+from lightning_elastic.adapters.hf_base import (
     HFTransformerAdapter,
-    LayerLayout,
-    Layout,
-    base_linear,
     find_module,
     has_submodules,
-    head_parts,
 )
-from lightning_elastic.adapters.base import Adapter
-from lightning_elastic.core.errors import ConfigError
-from lightning_elastic.core.registry import register_adapter
+from lightning_elastic.adapters.hf_generic import discover_layout
+from lightning_elastic.adapters.registry import register_adapter
+from lightning_elastic.core.errors import ConfigError, ConversionError
 
 _LAYER = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
           "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm")
@@ -48,68 +44,50 @@ _FUSED = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.dow
 
 
 def llama_layout(model: nn.Module) -> Layout | None:
-    """Where a Llama-like model keeps things, or None when ``model`` is not one."""
+    """Where a Llama-like model keeps things, or None when ``model`` is not one (the structure discovery of
+    :mod:`~lightning_elastic.adapters.hf_generic`, with the family's head binding for fused attention and Gemma's
+    hidden-size blocker)."""
     base = getattr(model, "base_model", model)
     layers = getattr(base, "layers", None)
     if not (isinstance(getattr(base, "embed_tokens", None), nn.Embedding) and isinstance(layers, nn.ModuleList)
             and hasattr(base, "norm") and len(layers) > 0):
         return None
-    if all(has_submodules(layer, _LAYER) for layer in layers):
-        fused = False
-    elif all(has_submodules(layer, _FUSED) for layer in layers):
-        fused = True
-    else:
+    if not all(has_submodules(layer, _LAYER) or has_submodules(layer, _FUSED) for layer in layers):
         return None
-    prefix = find_module(model, base)
-    p = f"{prefix}." if prefix else ""
-    layer_list = [_layer_layout(layer, f"{p}layers.{i}", fused) for i, layer in enumerate(layers)]
-    hidden = base.embed_tokens.embedding_dim
-    reads, writes, head_norms = head_parts(model, prefix or "", hidden)
+    try:
+        layout = discover_layout(model)
+    except ConversionError:
+        return None  # the generic adapter explains what blocks it
+    if layout is None or layout.more_stacks or find_module(model, layers) != layout.layers:
+        return None
+    for la in layout.layer_list:
+        if la.attn is not None and la.attn.fused:
+            la.attn.head_attrs = _set_fused_heads  # Phi-3 reads the query width from its config
     model_type = getattr(model.config, "model_type", "")
-    # Gemma scales embeddings by sqrt(hidden_size) and uses (1 + weight) norms: no elastic hidden size there
-    blockers = [model_type] if model_type.startswith("gemma") else []
-    return Layout("llama", f"{p}layers", layer_list, hidden, [f"{p}embed_tokens"], [f"{p}norm", *head_norms],
-                  reads, writes, blockers, causal=True, bare=not prefix)
-
-
-def _layer_layout(layer: nn.Module, lp: str, fused: bool) -> LayerLayout:
-    attn = layer.self_attn
-    head_dim = int(attn.head_dim)
-    num_heads = base_linear(attn, "o_proj").in_features // head_dim
-    norms = [f"{lp}.input_layernorm", f"{lp}.post_attention_layernorm"]
-    if fused:
-        num_kv = (base_linear(attn, "qkv_proj").out_features // head_dim - num_heads) // 2
-        qkv = f"{lp}.self_attn.qkv_proj"
-        return LayerLayout(AttnLayout(f"{lp}.self_attn", qkv, qkv, qkv, f"{lp}.self_attn.o_proj", head_dim, num_heads,
-                                      num_kv, _set_fused_heads),
-                           [f"{lp}.mlp.gate_up_proj"], f"{lp}.mlp.down_proj", norms, mlp_segments=2)
-    num_kv = base_linear(attn, "k_proj").out_features // head_dim
-    return LayerLayout(
-        AttnLayout(f"{lp}.self_attn", *(f"{lp}.self_attn.{x}_proj" for x in "qkvo"), head_dim, num_heads, num_kv,
-                   _set_heads),
-        [f"{lp}.mlp.gate_proj", f"{lp}.mlp.up_proj"], f"{lp}.mlp.down_proj", norms)
+    if model_type.startswith("gemma"):
+        # Gemma scales embeddings by sqrt(hidden_size) and uses (1 + weight) norms: no elastic hidden size there
+        layout.hidden_blockers.append(model_type)
+    layout.family, layout.causal = "llama", True
+    return layout
 
 
 def _set_fused_heads(attn: nn.Module, total: int) -> None:
-    """Phi-3 (no GQA): q, k and v lose the same heads; the query width is read from ``self.config``."""
+    """Phi-3: the query width is read from ``self.config``; without GQA q, k and v lose the same heads, with GQA
+    every KV head stays and ``num_key_value_groups`` follows."""
     if not attn.__dict__.get(OWN_CONFIG, False):
         attn.config = copy.copy(attn.config)  # per-layer heads: the model's config is shared by every layer
         attn.__dict__[OWN_CONFIG] = True
+    full = attn.o_proj.weight.shape[1] // int(attn.head_dim)
+    kv = (attn.qkv_proj.weight.shape[0] // int(attn.head_dim) - full) // 2
     attn.config.num_attention_heads = total
-    attn.num_key_value_heads = total
-    attn.num_key_value_groups = 1
-
-
-def _set_heads(attn: nn.Module, total: int) -> None:
-    kv = base_linear(attn, "k_proj").out_features // int(attn.head_dim)
-    full = base_linear(attn, "q_proj").out_features // int(attn.head_dim)
     if kv < full:
         attn.num_key_value_groups = total // kv
-    if hasattr(attn, "num_heads"):
-        attn.num_heads = total
+    else:
+        attn.num_key_value_heads = total
+        attn.num_key_value_groups = 1
 
 
-class HFLlamaAdapter(HFTransformerAdapter, Adapter):
+class HFLlamaAdapter(HFTransformerAdapter):
     """Adapter for Llama-like HF decoders; ``HFLlamaAdapter(depth_order=[0, 3, 1, 2])`` orders depth by importance."""
 
     name = "hf-llama"

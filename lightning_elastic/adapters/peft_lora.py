@@ -36,24 +36,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_elastic.adapters.kit import OpSpecs
-from lightning_elastic.adapters._hf import describe_hf, finalize_hf, is_lora_layer, loadable_by_hf, plan_layout
+from lightning_elastic.adapters._hf import HFOpSpecs, is_lora_layer, plan_layout
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
+from lightning_elastic.adapters.hf_base import HFTransformerAdapter, describe_hf, finalize_hf, loadable_by_hf
+from lightning_elastic.adapters.registry import register_adapter
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConfigError, ConversionError
-from lightning_elastic.core.registry import register_adapter
 
 AUTO_RANK = (0.5, 0.75, 1.0)
 PREFIX = "base_model.model."
 ADAPTER_DIR = "peft_adapter"
 
 
-def _base_adapter(inner: nn.Module):
-    from lightning_elastic.core.registry import registered_adapters
+def _base_adapter(inner: nn.Module) -> HFTransformerAdapter | None:
+    from lightning_elastic.adapters.registry import registered_adapters
 
-    for adapter in registered_adapters().values():
-        if hasattr(adapter, "layout") and adapter.layout(inner) is not None:
+    hf = [a for a in registered_adapters().values() if isinstance(a, HFTransformerAdapter)]
+    for adapter in sorted(hf, key=lambda a: a.fallback):  # family adapters first, whatever the import order
+        if adapter.layout(inner) is not None:
             return adapter
     return None
 
@@ -104,8 +105,9 @@ class PeftLoraAdapter(Adapter):
             model_type = getattr(getattr(inner, "config", None), "model_type", None)
             raise ConversionError(
                 f"the PeftModel wraps a {type(inner).__name__} (model_type {model_type!r}) that no transformers "
-                "adapter supports; allowed: BERT-, Llama- and ViT-family layouts. HINT: register an adapter with a "
-                "`layout(model)` method for this family (see lightning_elastic/adapters/hf_llama.py)."
+                "adapter supports; allowed: models built from blocks of attention and a Linear MLP (BERT, Llama, ViT, "
+                "GPT-2, T5, … layouts). HINT: register an adapter with a `layout(model)` method for this family (see "
+                "lightning_elastic/adapters/hf_llama.py)."
             )
         return base
 
@@ -113,8 +115,8 @@ class PeftLoraAdapter(Adapter):
         inner = model.base_model.model
         base = self._check(model, inner)
         plan = ConversionPlan(meta={"base": describe_hf(inner), "base_adapter": base.name})
-        specs = OpSpecs(model)
-        plan_layout(model, base.layout(inner).prefixed(PREFIX), config, plan, specs, depth_auto=base.depth_auto,
+        specs = HFOpSpecs(model)
+        plan_layout(model, base.layout_of(inner).prefixed(PREFIX), config, plan, specs, depth_auto=base.depth_auto,
                     depth_order=getattr(base, "depth_order", None))
         for name, layer in lora_layers(model).items():
             adapters = list(layer.lora_A.keys())
@@ -134,10 +136,10 @@ class PeftLoraAdapter(Adapter):
 
     # -- export -----------------------------------------------------------------------------------------------
     def finalize_export(self, model: nn.Module, supernet: Any, cfg: dict[str, int]) -> None:
-        from lightning_elastic.core.registry import get_adapter
+        from lightning_elastic.adapters.registry import get_adapter
 
         inner = model.base_model.model
-        finalize_hf(model, get_adapter(supernet.meta["base_adapter"]), PREFIX, hf_model=inner)
+        finalize_hf(model, get_adapter(supernet.meta["base_adapter"]), PREFIX, hf_model=inner, supernet=supernet, cfg=cfg)
         for name, layer in lora_layers(model).items():
             layer.in_features, layer.out_features = layer.base_layer.in_features, layer.base_layer.out_features
             for a, peft_cfg in model.peft_config.items():
@@ -155,7 +157,7 @@ class PeftLoraAdapter(Adapter):
     def save(self, exported: nn.Module, supernet: Any, cfg: dict[str, int], directory: Path) -> None:
         from safetensors.torch import save_file
 
-        from lightning_elastic.supernet.io import INFO, WEIGHTS, _contiguous_state
+        from lightning_elastic.core.files import INFO, WEIGHTS, contiguous_state
 
         directory = Path(directory)
         if not _base_narrowed(exported, supernet.model):
@@ -178,7 +180,7 @@ class PeftLoraAdapter(Adapter):
         if loadable_by_hf(merged):
             merged.save_pretrained(str(directory))
         else:
-            save_file(_contiguous_state(merged), str(directory / WEIGHTS))
+            save_file(contiguous_state(merged), str(directory / WEIGHTS))
 
 
 def _rank_choices(config: SearchSpaceConfig, name: str, r: int) -> list[int]:

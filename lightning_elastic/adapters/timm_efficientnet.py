@@ -28,8 +28,8 @@ from typing import Any
 
 from torch import nn
 
-from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out, op_class
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
+from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out, op_class
 from lightning_elastic.adapters.timm_resnet import _in_chans, build_timm
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
 from lightning_elastic.core.dims import ElasticDim
@@ -120,8 +120,8 @@ class TimmEfficientNetAdapter(Adapter):
                 elif type(block) not in (ConvBnAct, EdgeResidual):
                     raise ConversionError(
                         f"{prefix} is a {type(block).__name__}; the timm-efficientnet adapter supports "
-                        f"{_SUPPORTED_BLOCKS}. HINT: register an adapter for this block type "
-                        "(lightning_elastic.core.registry.register_adapter) and pass adapter=<its name>."
+                        f"{_SUPPORTED_BLOCKS}. HINT: convert it with adapter='generic' (graph-based), or register an "
+                        "adapter for this block type (lightning_elastic.core.registry.register_adapter)."
                     )
         self._emit(plan, specs)
         return plan
@@ -162,13 +162,14 @@ class TimmEfficientNetAdapter(Adapter):
             raise ConversionError(
                 f"{prefix}.aa is a {type(block.aa).__name__} (anti-aliasing); the timm-efficientnet adapter supports "
                 "aa_layer=None only, since the blur filter is per mid channel. HINT: build the model without "
-                "`aa_layer`."
+                "`aa_layer`, or convert it with adapter='generic'."
             )
         se = block.se
         if not isinstance(se, nn.Identity) and type(se) is not SqueezeExcite:
             raise ConversionError(
                 f"{prefix}.se is a {type(se).__name__}; the timm-efficientnet adapter supports timm's "
-                "efficientnet SqueezeExcite (conv_reduce / conv_expand) or no SE. HINT: register an adapter for it."
+                "efficientnet SqueezeExcite (conv_reduce / conv_expand) or no SE. HINT: convert it with "
+                "adapter='generic', or register an adapter for it."
             )
         for sub in ("conv_pw", "conv_pwl"):
             _check_conv(f"{prefix}.{sub}", getattr(block, sub))
@@ -176,8 +177,16 @@ class TimmEfficientNetAdapter(Adapter):
             if not isinstance(getattr(block, sub), nn.BatchNorm2d):
                 raise ConversionError(
                     f"{prefix}.{sub} is a {type(getattr(block, sub)).__name__}; the timm-efficientnet adapter "
-                    "supports BatchNorm2d / BatchNormAct2d. HINT: build the model with the default norm_layer."
+                    "supports BatchNorm2d / BatchNormAct2d. HINT: build the model with the default norm_layer, or "
+                    "convert it with adapter='generic'."
                 )
+        dw = block.conv_dw
+        if getattr(dw, "groups", None) != getattr(dw, "in_channels", None):
+            raise ConversionError(
+                f"{prefix}.conv_dw is a grouped convolution (groups={dw.groups}, in_channels={dw.in_channels}); the "
+                "timm-efficientnet adapter supports depthwise convolutions there (groups == channels). HINT: convert "
+                "it with adapter='generic', which keeps grouped convolutions' channels fixed."
+            )
         full = block.conv_pw.out_channels
         dim = ElasticDim(f"{prefix}.expand", expand_choices(config.expand, block.conv_pw.in_channels, full), full,
                          kind="width")  # kind 'width' so importance ordering applies
@@ -223,7 +232,7 @@ def _check_conv(name: str, conv: nn.Module) -> None:
         raise ConversionError(
             f"{name} is a {type(conv).__name__}; the timm-efficientnet adapter supports nn.Conv2d and timm's "
             "Conv2dSame there (MixNet's MixedConv2d and CondConv are not elastic). HINT: use an EfficientNet / "
-            "MobileNetV3 variant without mixed or conditional convolutions, or register an adapter."
+            "MobileNetV3 variant without mixed or conditional convolutions, or convert it with adapter='generic'."
         )
 
 

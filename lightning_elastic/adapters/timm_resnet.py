@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
+from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out
 from lightning_elastic.core.config import SearchSpaceConfig, check_explicit_fields, resolve_choices
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConversionError
@@ -74,9 +74,17 @@ class TimmResNetAdapter(Adapter):
                 else:
                     raise ConversionError(
                         f"{prefix} is a {type(block).__name__}; the timm-resnet adapter supports BasicBlock and "
-                        "Bottleneck. HINT: register an adapter for this block type."
+                        "Bottleneck. HINT: convert it with adapter='generic' (graph-based), or register an adapter for "
+                        "this block type."
                     )
                 full = block.conv1.out_channels
+                sizes = [getattr(block, c).out_channels for c in convs] + [getattr(block, nxt[convs[-1]]).in_channels]
+                if len(set(sizes)) > 1:
+                    raise ConversionError(
+                        f"{prefix} has inner widths {sizes} ({' / '.join(convs)} out, {nxt[convs[-1]]} in; a pruned "
+                        "model); the timm-resnet adapter needs one inner width per block. HINT: convert it with "
+                        "adapter='generic', which gives each channel space its own width dim."
+                    )
                 fulls["width"].append(full)
                 name = f"{prefix}.width"
                 groups = max(getattr(block, c).groups for c in convs + [nxt[convs[-1]]])

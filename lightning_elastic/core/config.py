@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from lightning_elastic.core.checks import check_spec
 from lightning_elastic.core.errors import ConfigError
 
 # ints and floats mean different things (absolute sizes vs ratios): the type says so, so that LightningCLI / jsonargparse
@@ -18,44 +19,6 @@ SIZE_FIELDS = ("width", "depth", "kernel", "heads", "embed_dim", "stage_width", 
 #: fields whose values are multipliers (OFA's expand (3, 4, 6), a ViT's mlp_ratio (3.0, 4.0)): any positive number
 MULTIPLIER_FIELDS = ("expand", "mlp_ratio")
 SPEC_FIELDS = SIZE_FIELDS + MULTIPLIER_FIELDS
-
-
-def _check_spec(name: str, value: Any) -> None:
-    if value is None or value == "auto":
-        return
-    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-        raise ConfigError(
-            f"`{name}` got {value!r}; allowed: 'auto', None (not elastic), or a non-empty list of numbers. "
-            f"HINT: e.g. {name}=(0.5, 0.75, 1.0) for ratios or {name}=(2, 3, 4) for absolute values."
-        )
-    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0]
-    if bad:
-        raise ConfigError(
-            f"`{name}` has invalid values {bad}; allowed: positive numbers (floats <= 1 are ratios, integers "
-            "absolute sizes). HINT: drop them."
-        )
-    if name in MULTIPLIER_FIELDS:
-        return
-    # a float is a ratio, an int an absolute size: a list mixing them (YAML's [0.5, 0.75, 1]) or a "ratio" above 1
-    # would otherwise be read as absolute sizes and the ratios silently dropped
-    big = [v for v in value if isinstance(v, float) and v > 1.0]
-    if big:
-        whole = all(float(v).is_integer() for v in value)
-        raise ConfigError(
-            f"`{name}` got {tuple(value)!r}: floats are ratios of the full size and must be in (0, 1], but {big} "
-            "are above 1; allowed: ratios in (0, 1] or integer sizes. HINT: "
-            + (f"write absolute sizes as integers: {name}={tuple(int(v) for v in value)!r}." if whole
-               else f"ratios such as {name}=(0.5, 0.75, 1.0), or integer sizes such as {name}=(32, 64).")
-        )
-    ratios = [v for v in value if isinstance(v, float)]
-    sizes = [v for v in value if isinstance(v, int)]
-    if ratios and sizes:
-        raise ConfigError(
-            f"`{name}` got {tuple(value)!r}, which mixes ratios {ratios} (floats) and absolute sizes {sizes} "
-            "(integers); allowed: all ratios in (0, 1] or all integer sizes. HINT: "
-            + (f"write the full ratio as 1.0: {name}={tuple(float(v) if v == 1 else v for v in value)!r}."
-               if sizes == [1] else f"ratios only, e.g. {name}=(0.5, 1.0), or integer sizes only, e.g. {name}={tuple(sizes)!r}.")
-        )
 
 
 def is_ratio_spec(spec: Any) -> bool:
@@ -127,7 +90,7 @@ class SearchSpaceConfig:
             if isinstance(value, list):
                 value = tuple(value)
                 setattr(self, name, value)
-            _check_spec(name, value)
+            check_spec(name, value, multiplier=name in MULTIPLIER_FIELDS)
         if self.resolution is not None:
             res = tuple(self.resolution)
             if not res or any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in res):

@@ -23,11 +23,6 @@ DIM_KINDS = ("width", "depth", "kernel", "heads", "resolution", "rank", "other")
 _GENERATION = [0]
 
 
-def generation() -> int:
-    """A counter that changes whenever any :class:`ElasticDim` changes its active value."""
-    return _GENERATION[0]
-
-
 @dataclass
 class CoupledTensor:
     """One tensor axis sliced by a dimension.
@@ -106,7 +101,6 @@ class ElasticDim:
         self.groups: list[ChannelGroup] = []
         self.importance: list[torch.Tensor] | None = None  # one permutation per group once ordered
         self._listeners: list[Callable[[int], None]] = []
-        self.version = 0
 
     # -- values -------------------------------------------------------------------------------------------
     @property
@@ -143,7 +137,6 @@ class ElasticDim:
         value = int(value)
         if value != self._active:
             self._active = value
-            self.version += 1
             _GENERATION[0] += 1
             for fn in self._listeners:
                 fn(value)

@@ -268,46 +268,6 @@ class SearchSpace:
         cfg = {d.name: d.choices[self._randint(len(d.choices), generator)] for d in self}
         return self.canonical(cfg) if canonical else cfg
 
-    def mutate(self, cfg: ArchConfig, prob: float, generator: torch.Generator) -> ArchConfig:
-        """Resample each dim with probability ``prob``; the result is canonical.
-
-        A dim that was dead in ``cfg`` and that a mutated depth revives holds no inherited value (a canonical
-        ``cfg`` has it at max), so it is drawn uniformly.
-        """
-        if isinstance(prob, bool) or not isinstance(prob, int | float) or not 0.0 <= prob <= 1.0:
-            raise ConfigError(f"`prob` got {prob!r}; allowed: a number in [0, 1]. HINT: 0.1 to 0.3 is usual.")
-        out = dict(cfg)
-        drawn = set()
-        for d in self:
-            if torch.rand((1,), generator=generator).item() < prob:
-                out[d.name] = d.choices[self._randint(len(d.choices), generator)]
-                drawn.add(d.name)
-        for name in self.dead_when:
-            if name not in drawn and self._is_dead(cfg, name) and not self._is_dead(out, name):
-                choices = self._dims[name].choices
-                out[name] = choices[self._randint(len(choices), generator)]
-        return self.canonical(out)
-
-    def crossover(self, a: ArchConfig, b: ArchConfig, generator: torch.Generator) -> ArchConfig:
-        """Uniform crossover: each dim taken from ``a`` or ``b`` with equal probability; the result is canonical.
-
-        A dim that lives in the child but was dead in the parent it came from takes the other parent's value, or a
-        uniform draw if it was dead in both (a dead value carries no information).
-        """
-        pick = {d.name: torch.rand((1,), generator=generator).item() < 0.5 for d in self}
-        out = {n: (a if first else b)[n] for n, first in pick.items()}
-        for name in self.dead_when:
-            if self._is_dead(out, name):
-                continue
-            parents = (a, b) if pick[name] else (b, a)
-            live = [p for p in parents if not self._is_dead(p, name)]
-            if live:
-                out[name] = live[0][name]
-            else:
-                choices = self._dims[name].choices
-                out[name] = choices[self._randint(len(choices), generator)]
-        return self.canonical(out)
-
     def enumerate(self, limit: int = 100_000, canonical: bool = False) -> Iterator[ArchConfig]:
         """Every config of the space (raises if there are more than ``limit``).
 
@@ -330,22 +290,3 @@ class SearchSpace:
                        for n in names]
             for values in itertools.product(*options):
                 yield dict(zip(names, values))
-
-    # -- encoding ------------------------------------------------------------------------------------------
-    def encode(self, cfg: ArchConfig) -> list[float]:
-        """Numeric vector for predictors: each elastic dim's value scaled to [0, 1] between its min and max, of the
-        :meth:`canonical` config (one network, one vector)."""
-        cfg = self.canonical(cfg)
-        vec = []
-        for d in self.elastic_dims:
-            lo, hi = d.min, d.max
-            vec.append((cfg[d.name] - lo) / (hi - lo))
-        return vec
-
-    def decode(self, vec: list[float]) -> ArchConfig:
-        """Inverse of :meth:`encode`, snapping to the nearest choice."""
-        cfg = self.max_config()
-        for d, x in zip(self.elastic_dims, vec):
-            target = d.min + float(x) * (d.max - d.min)
-            cfg[d.name] = min(d.choices, key=lambda c: abs(c - target))
-        return self.canonical(cfg)

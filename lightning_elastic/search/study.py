@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 
 from lightning_elastic.core.errors import ConfigError, ElasticError
 from lightning_elastic.core.space import ArchConfig, SearchSpace
+from lightning_elastic.search import trial_writes as _fast
 from lightning_elastic.search.claims import claims_of
 from lightning_elastic.search.measure import config_key
 from lightning_elastic.search.objectives import Objective
@@ -343,7 +344,15 @@ def _running_trial(study: optuna.Study, params: Mapping[str, int], dists: Mappin
         number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
         datetime_complete=None, params=dict(params), distributions={k: dists[k] for k in params},
         user_attrs={"config_key": key, "worker": _worker()}, system_attrs={}, intermediate_values={}, trial_id=-1)
+    if _rdb(study) is not None:
+        return _fast.create(study, template)
     return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template_trial=template))
+
+
+def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The RDB storage under ``study`` (None: in memory, or a storage kind this module does not write directly)."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
 def _skip(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
@@ -369,11 +378,17 @@ def finish(study: optuna.Study, trial: optuna.Trial, measured: Mapping[str, floa
         False when another worker that popped the same waiting trial (a SQLite race) recorded it first; the study
         then holds that worker's identical measurement, once.
     """
+    values = [float(measured[o.name]) for o in objectives]
+    if _fast.created(trial):
+        return _fast.complete(study, trial, {"measured": {k: float(v) for k, v in measured.items()},
+                                             "eval_seconds": float(seconds)},
+                              {f"constraints:{n}": float(v) for n, v in zip(constraint_names, constraint_values)},
+                              values)
     try:
         trial.set_user_attr("measured", {k: float(v) for k, v in measured.items()})
         trial.set_user_attr("eval_seconds", float(seconds))
         set_constraints(trial, constraint_names, constraint_values)
-        study.tell(trial, [float(measured[o.name]) for o in objectives])
+        study.tell(trial, values)
     except UpdateFinishedTrialError:
         return False
     return True

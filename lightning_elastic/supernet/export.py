@@ -22,20 +22,18 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from lightning_elastic.adapters.base import SupernetView
 from lightning_elastic.core.dims import ChannelGroup, ElasticDim
 from lightning_elastic.core.errors import ConfigError, ExportError, UncalibratedExportWarning
 from lightning_elastic.ops.base import Axis, ElasticOp
 from lightning_elastic.ops.depth import _DepthMixin
 from lightning_elastic.supernet.calibration import ForwardFn, batchnorm_modules, calibrate_bn_, default_forward
 from lightning_elastic.supernet.resize import resized_inputs
-
-if TYPE_CHECKING:
-    from lightning_elastic.supernet.supernet import Supernet
 
 #: ``calibration_data=CURRENT``: the BN buffers as they are now are already this subnet's own statistics
 CURRENT = "current"
@@ -146,11 +144,14 @@ def _warn_uncalibrated(model: nn.Module, cfg: Mapping[str, int], why: str) -> No
     ), stacklevel=user_stacklevel())
 
 
-def export_subnet(supernet: Supernet, cfg: Mapping[str, int], holder_attr: str, calibration_data: Any = None,
+def export_subnet(supernet: SupernetView, cfg: Mapping[str, int], holder_attr: str, calibration_data: Any = None,
                   calibration_batches: int = 10, forward_fn: ForwardFn | None = None) -> nn.Module:
     """The plain export of ``cfg`` (already validated); see the module doc and :meth:`Supernet.export`."""
     check_calibration_args(calibration_data, calibration_batches, forward_fn)
     model = supernet.model
+    for module in model.modules():  # per-select inference caches: not part of the export, and views that a
+        if isinstance(module, ElasticOp):  # deepcopy refuses once their base was loaded in place (load_state_dict)
+            module._clear_cache()
     with supernet.subnet(cfg), own_state_detached(model, holder_attr):
         clone = copy.deepcopy(model)
     if batchnorm_modules(clone):
@@ -187,33 +188,32 @@ def strip_elastic(model: nn.Module) -> nn.Module:
 _SUPERNET_TYPES: tuple[type, ...] = (ElasticDim, Axis, ChannelGroup, ElasticOp, _DepthMixin)
 
 
-def _points_back(value: Any, depth: int = 0) -> bool:
-    """Whether ``value`` (or what it holds, two levels deep) is a piece of the supernet machinery."""
+def _points_back(value: Any, kinds: tuple[type, ...], depth: int = 0) -> bool:
+    """Whether ``value`` (or what it holds, two levels deep) is a piece of the supernet machinery: an instance of
+    ``kinds`` (dims, axes, elastic modules, the supernet handle's class) or an object whose ``parent`` is a dim."""
     try:
-        return _points_back_unsafe(value, depth)
+        return _points_back_unsafe(value, kinds, depth)
     except Exception:  # noqa: BLE001 - an object that cannot be inspected (odd __getattr__) is not ours
         return False
 
 
-def _points_back_unsafe(value: Any, depth: int) -> bool:
-    from lightning_elastic.supernet.supernet import Supernet
-
-    if isinstance(value, _SUPERNET_TYPES + (Supernet,)) or isinstance(getattr(value, "parent", None), ElasticDim):
+def _points_back_unsafe(value: Any, kinds: tuple[type, ...], depth: int) -> bool:
+    if isinstance(value, kinds) or isinstance(getattr(value, "parent", None), ElasticDim):
         return True
     if depth >= 2 or isinstance(value, nn.Module | torch.Tensor):
         return False
     if isinstance(value, partial):
-        return any(_points_back(v, depth + 1) for v in (value.func, *value.args, *value.keywords.values()))
+        return any(_points_back(v, kinds, depth + 1) for v in (value.func, *value.args, *value.keywords.values()))
     if hasattr(value, "__self__") and callable(value):
-        return _points_back(value.__self__, depth + 1)
+        return _points_back(value.__self__, kinds, depth + 1)
     if isinstance(value, dict):
-        return any(_points_back(v, depth + 1) for v in value.values())
+        return any(_points_back(v, kinds, depth + 1) for v in value.values())
     if isinstance(value, list | tuple | set | frozenset):
-        return any(_points_back(v, depth + 1) for v in value)
+        return any(_points_back(v, kinds, depth + 1) for v in value)
     return False
 
 
-def check_plain(exported: nn.Module, supernet: Supernet) -> None:
+def check_plain(exported: nn.Module, supernet: SupernetView) -> None:
     """Raise :class:`ExportError` when ``exported`` still holds elastic modules, attributes pointing back into the
     supernet, or tensors sharing storage with it."""
     leftovers = [n for n, m in exported.named_modules() if is_elastic(m)]
@@ -222,8 +222,9 @@ def check_plain(exported: nn.Module, supernet: Supernet) -> None:
             f"export left elastic modules behind: {leftovers[:5]}. HINT: each elastic op needs an "
             "`export_module()`; this is a bug in the adapter or op."
         )
+    kinds = _SUPERNET_TYPES + (type(supernet),)
     attrs = [f"{n or type(exported).__name__}.{k}" for n, m in exported.named_modules() for k, v in m.__dict__.items()
-             if k not in ("_parameters", "_buffers", "_modules") and _points_back(v)]
+             if k not in ("_parameters", "_buffers", "_modules") and _points_back(v, kinds)]
     if attrs:
         raise ExportError(
             f"the export still holds attributes that point back into the supernet: {attrs[:5]}. HINT: this is a bug "

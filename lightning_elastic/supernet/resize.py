@@ -23,20 +23,29 @@ def resize_images(x: Any, size: int) -> Any:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def resize_call(args: tuple, kwargs: dict, size: int) -> tuple[tuple, dict]:
+    """A model call's ``(args, kwargs)`` with its image input resized to ``size`` px: the first positional argument
+    and a ``pixel_values=`` keyword (Hugging Face image models), whichever are 4-D floating-point batches.
+
+    The one definition of "the image input": the training tap, the search measurer and export calibration all
+    resize through it."""
+    if args:
+        args = (resize_images(args[0], size), *args[1:])
+    if "pixel_values" in kwargs:
+        kwargs = {**kwargs, "pixel_values": resize_images(kwargs["pixel_values"], size)}
+    return args, kwargs
+
+
 @contextmanager
 def resized_inputs(model: nn.Module, resolution: int | None) -> Iterator[None]:
-    """Inside the block, ``model`` sees its image input (first positional argument or ``pixel_values=``) resized to
-    ``resolution`` px; ``None`` changes nothing."""
+    """Inside the block, ``model`` sees its image input (see :func:`resize_call`) resized to ``resolution`` px;
+    ``None`` changes nothing."""
     if resolution is None:
         yield
         return
 
     def hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if args:
-            args = (resize_images(args[0], resolution), *args[1:])
-        if "pixel_values" in kwargs:
-            kwargs = {**kwargs, "pixel_values": resize_images(kwargs["pixel_values"], resolution)}
-        return args, kwargs
+        return resize_call(args, kwargs, resolution)
 
     handle = model.register_forward_pre_hook(hook, with_kwargs=True)
     try:

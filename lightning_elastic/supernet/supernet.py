@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from lightning_elastic.adapters.base import Adapter
+from lightning_elastic.adapters.registry import find_adapter, get_adapter, registered_adapters
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConfigError, ConversionError, ExportError, UnsupportedModelError
+from lightning_elastic.core.files import check_target, write_folder
 from lightning_elastic.core.importance import apply_order, importance_order
-from lightning_elastic.core.registry import find_adapter, get_adapter, registered_adapters
 from lightning_elastic.core.space import ArchConfig, SearchSpace
 from lightning_elastic.ops.depth import _DepthMixin
 from lightning_elastic.supernet.calibration import ForwardFn
@@ -425,13 +427,26 @@ class Supernet:
         cfg = self.active_config if cfg is None else self.space.validate(cfg, strict=strict)
         return export_subnet(self, cfg, _ATTR, calibration_data, calibration_batches, forward_fn)
 
-    def save_subnet(self, directory, cfg: Mapping[str, int] | None = None, *, calibration_data: Any = None,
-                    calibration_batches: int = 10, forward_fn: ForwardFn | None = None) -> nn.Module:
-        """Export ``cfg`` and save it to ``directory`` (see :func:`lightning_elastic.supernet.io.save_subnet`)."""
-        from lightning_elastic.supernet.io import save_subnet
-
-        return save_subnet(self, directory, cfg, calibration_data=calibration_data,
-                           calibration_batches=calibration_batches, forward_fn=forward_fn)
+    def save_subnet(self, directory: str | Path, cfg: Mapping[str, int] | None = None, *,
+                    calibration_data: Any = None, calibration_batches: int = 10,
+                    forward_fn: ForwardFn | None = None) -> nn.Module:
+        """Export ``cfg`` and write it to ``directory`` atomically; see :func:`lightning_elastic.save_subnet`."""
+        directory = Path(directory)
+        check_target(directory)  # before the export: nothing is done for a target that would be refused
+        cfg = self.active_config if cfg is None else self.space.validate(cfg)
+        exported = self.export(cfg, calibration_data=calibration_data, calibration_batches=calibration_batches,
+                               forward_fn=forward_fn)
+        info: dict[str, Any] = {
+            "adapter": self.adapter.name,
+            "arch_config": dict(cfg),
+            # with the layer orders in effect: load_subnet rebuilds the same layers without calibration data
+            "space_config": self.state_config().to_dict(),
+            "meta": self.meta,
+            "model_class": f"{type(exported).__module__}.{type(exported).__qualname__}",
+            "num_params": sum(p.numel() for p in exported.parameters()),
+        }
+        write_folder(directory, exported, info, lambda tmp: self.adapter.save(exported, self, dict(cfg), tmp))
+        return exported
 
     def state_info(self) -> dict[str, Any]:
         """JSON-serialisable description stored in checkpoints (adapter, space config, space signature)."""

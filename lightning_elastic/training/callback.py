@@ -42,6 +42,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_elastic.adapters.base import Adapter
+from lightning_elastic.core.checks import check_number
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.supernet.importance import CALIBRATION_BATCHES
@@ -68,15 +69,6 @@ from lightning_elastic.training.validation import (
     resolve_configs,
     train_loader_of,
 )
-
-
-def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and (
-        low < value if low_open else low <= value) and value <= high
-    if not ok:
-        raise ConfigError(f"`{name}` got {value!r}; allowed: a number in {'(' if low_open else '['}{low}, {high}]. "
-                          f"HINT: see the ElasticTraining docstring for typical values.")
-    return float(value)
 
 
 class ElasticTraining(Callback):
@@ -165,17 +157,17 @@ class ElasticTraining(Callback):
         elif sampler == "delayed":
             sampler = DelayedShrinkingSampler(num_random, start=shrink_start, cover_depth=cover_depth)
         self.sampler = resolve_sampler(sampler, num_random, cover_depth)
-        self.distill_fn: DistillLoss | None = resolve_distill(distill, _number("temperature", temperature, 0, 1e3,
+        self.distill_fn: DistillLoss | None = resolve_distill(distill, check_number("temperature", temperature, 0, 1e3,
                                                                                low_open=True))
         self.distill = distill
-        self.kd_weight = _number("kd_weight", kd_weight, 0.0, 1.0)
+        self.kd_weight = check_number("kd_weight", kd_weight, 0.0, 1.0)
         if teacher is not None and not isinstance(teacher, nn.Module):
             raise ConfigError(f"`teacher` got a {type(teacher).__name__}; allowed: an nn.Module or None. "
                               "HINT: pass the original pretrained model, e.g. timm.create_model(..., pretrained=True).")
         if teacher is not None and distill is None:
             raise ConfigError("`teacher` was given but `distill` is None. HINT: set distill='inplace-kl' to use it.")
         self.teacher = teacher
-        self.distill_hidden = float(distill_hidden) if isinstance(distill_hidden, bool) else _number(
+        self.distill_hidden = float(distill_hidden) if isinstance(distill_hidden, bool) else check_number(
             "distill_hidden", distill_hidden, 0.0, 1e3)
         self._inplace = InplaceDistillation(self.distill_fn, self.kd_weight, teacher, self.distill_hidden)
         self._validate_items = parse_validate_subnets(validate_subnets)

@@ -7,7 +7,7 @@ from torch import nn
 
 from lightning_elastic.adapters.base import Adapter
 from lightning_elastic.core.errors import ConfigError, UnsupportedModelError
-from lightning_elastic.core.registry import find_adapter, get_adapter
+from lightning_elastic.adapters.registry import find_adapter, get_adapter
 from lightning_elastic.supernet.supernet import find_supernet
 
 

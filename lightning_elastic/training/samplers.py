@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from lightning_elastic.core.checks import check_int
 from lightning_elastic.core.dims import DIM_KINDS
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.core.space import ArchConfig, SearchSpace
@@ -85,14 +86,6 @@ def random_subnet(space: SearchSpace, ctx: StepContext, generator: torch.Generat
     return cfg
 
 
-def _check_count(name: str, value: object, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(
-            f"`{name}` got {value!r}; allowed: an integer >= {minimum}. HINT: e.g. {name}=2 (BigNAS uses 2)."
-        )
-    return value
-
-
 class Sampler:
     """Base class. Subclasses implement :meth:`sample`; :meth:`subnets` seeds the generator per step."""
 
@@ -130,7 +123,7 @@ class SandwichSampler(Sampler):
     name = "sandwich"
 
     def __init__(self, num_random: int = 2, cover_depth: bool = True) -> None:
-        self.num_random = _check_count("num_random", num_random)
+        self.num_random = check_int("num_random", num_random, hint="e.g. num_random=2 (BigNAS uses 2)")
         self.cover_depth = check_flag("cover_depth", cover_depth)
 
     def sample(self, space: SearchSpace, ctx: StepContext, generator: torch.Generator) -> list[Subnet]:
@@ -147,7 +140,7 @@ class UniformSampler(Sampler):
     name = "uniform"
 
     def __init__(self, num_random: int = 1, cover_depth: bool = True) -> None:
-        self.num_random = _check_count("num_random", num_random, minimum=1)
+        self.num_random = check_int("num_random", num_random, minimum=1, hint="e.g. num_random=2 (BigNAS uses 2)")
         self.cover_depth = check_flag("cover_depth", cover_depth)
 
     def sample(self, space: SearchSpace, ctx: StepContext, generator: torch.Generator) -> list[Subnet]:
@@ -162,7 +155,7 @@ class DelayedShrinkingSampler(Sampler):
     name = "delayed"
 
     def __init__(self, num_random: int = 2, start: float = 0.25, cover_depth: bool = True) -> None:
-        self.num_random = _check_count("num_random", num_random)
+        self.num_random = check_int("num_random", num_random, hint="e.g. num_random=2 (BigNAS uses 2)")
         self.cover_depth = check_flag("cover_depth", cover_depth)
         if isinstance(start, bool) or not isinstance(start, int | float) or not 0.0 <= start < 1.0:
             raise ConfigError(f"`start` got {start!r}; allowed: a fraction in [0, 1). HINT: start=0.25.")
@@ -185,8 +178,8 @@ class NestedSampler(Sampler):
     name = "nested"
 
     def __init__(self, num_random: int = 1, levels: int = 4) -> None:
-        self.num_random = _check_count("num_random", num_random)
-        self.levels = _check_count("levels", levels, minimum=2)
+        self.num_random = check_int("num_random", num_random, hint="e.g. num_random=2 (BigNAS uses 2)")
+        self.levels = check_int("levels", levels, minimum=2, hint="e.g. levels=2 (BigNAS uses 2)")
 
     @staticmethod
     def level_config(space: SearchSpace, t: float) -> ArchConfig:
@@ -271,7 +264,7 @@ class ProgressiveShrinkingSampler(Sampler):
 
     def __init__(self, phases: Sequence[Phase | tuple[int, Mapping[str, int | None]]] | None = None,
                  num_random: int = 2, cover_depth: bool = True) -> None:
-        self.num_random = _check_count("num_random", num_random)
+        self.num_random = check_int("num_random", num_random, hint="e.g. num_random=2 (BigNAS uses 2)")
         self.cover_depth = check_flag("cover_depth", cover_depth)
         phases = OFA_PHASES if phases is None else phases
         if isinstance(phases, str | Mapping) or not isinstance(phases, Sequence):

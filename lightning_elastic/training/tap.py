@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lightning_elastic.core.errors import ConfigError
-from lightning_elastic.supernet.resize import resize_images
+from lightning_elastic.supernet.resize import resize_call
 from lightning_elastic.supernet.supernet import Supernet
 
 
@@ -61,13 +61,7 @@ class ModelTap:
         if self.capturing:
             self.inputs = (args, kwargs)
         size = self.supernet.resolution()
-        if size is None:
-            return None
-        if args:
-            args = (resize_images(args[0], size),) + tuple(args[1:])
-        if "pixel_values" in kwargs:
-            kwargs = {**kwargs, "pixel_values": resize_images(kwargs["pixel_values"], size)}
-        return args, kwargs
+        return None if size is None else resize_call(args, kwargs, size)
 
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if self.capturing:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lightning_elastic import ConfigError, ElasticDim
-from lightning_elastic.core.dims import DIM_KINDS
+from lightning_elastic.core.dims import _GENERATION, DIM_KINDS
 
 
 def test_choices_sorted_deduplicated_and_active_starts_at_full():
@@ -43,16 +43,16 @@ def test_choices_setter_validates_and_resets_active():
         dim.choices = []
 
 
-def test_listeners_and_version_fire_only_on_change():
+def test_listeners_and_generation_fire_only_on_change():
     dim = ElasticDim("a", [2, 4], full=4)
     seen = []
     dim.on_change(seen.append)
-    v0 = dim.version
+    g0 = _GENERATION[0]
     dim.active = 4  # unchanged: no event
-    assert seen == [] and dim.version == v0
+    assert seen == [] and _GENERATION[0] == g0
     dim.active = 2
     dim.active = 4
-    assert seen == [2, 4] and dim.version == v0 + 2
+    assert seen == [2, 4] and _GENERATION[0] == g0 + 2
 
 
 def test_couple_collects_tensors_and_skips_missing_bias():

@@ -4,7 +4,7 @@ import pytest
 from torch import nn
 
 from lightning_elastic import RegistryError, UnsupportedModelError, register_adapter, registered_adapters
-from lightning_elastic.core.registry import find_adapter, get_adapter, unregister_adapter
+from lightning_elastic.adapters.registry import find_adapter, get_adapter, unregister_adapter
 from tests._models import TinyMLP, TinyMLPAdapter
 
 

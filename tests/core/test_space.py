@@ -77,37 +77,19 @@ def test_enumerate_lists_every_config_and_limit_error():
 def test_sampling_is_deterministic_and_valid(space, seed):
     def draws(s):
         g = torch.Generator().manual_seed(s)
-        a, b = space.sample(g), space.sample(g)
-        return a, b, space.mutate(a, 0.5, g), space.crossover(a, b, g)
+        return space.sample(g), space.sample(g)
 
     first, again = draws(seed), draws(seed)
     assert first == again
     for cfg in first:
         assert space.validate(cfg) == cfg
-    a, b, _, child = first
-    assert all(child[n] in (a[n], b[n]) for n in space.names())
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(space=spaces, seed=st.integers(0, 2**31))
-def test_encode_decode_and_json_round_trip(space, seed):
+def test_json_round_trip(space, seed):
     cfg = space.sample(torch.Generator().manual_seed(seed))
-    vec = space.encode(cfg)
-    assert len(vec) == len(space.elastic_dims) and all(0.0 <= x <= 1.0 for x in vec)
-    assert space.decode(vec) == cfg
     assert json.loads(json.dumps(cfg)) == cfg and space.validate(json.loads(json.dumps(cfg))) == cfg
-
-
-def test_mutate_extremes_and_encode_endpoints():
-    space = make_space()
-    g = torch.Generator().manual_seed(1)
-    cfg = space.sample(g)
-    assert space.mutate(cfg, 0.0, g) == cfg
-    for bad in (-0.1, 1.5, "x"):
-        with pytest.raises(ConfigError, match=r"`prob` got .*; allowed: a number in \[0, 1\].*HINT"):
-            space.mutate(cfg, bad, g)
-    assert space.encode(space.min_config()) == [0.0, 0.0, 0.0]
-    assert space.encode(space.max_config()) == [1.0, 1.0, 1.0]
 
 
 def test_uniform_sampling_covers_choices():
@@ -175,7 +157,7 @@ def test_canonical_follows_the_keep_order():
     assert space.dead_dims({**cfg, "depth": 2}) == ["b1"]
 
 
-def test_sampling_mutation_crossover_and_extremes_are_canonical():
+def test_sampling_and_extremes_are_canonical():
     space = depth_space()
     g = torch.Generator().manual_seed(0)
     assert space.min_config() == {"depth": 1, "stem": 4, "b0": 1, "b1": 3, "b2": 3}
@@ -183,25 +165,9 @@ def test_sampling_mutation_crossover_and_extremes_are_canonical():
     draws = [space.sample(g) for _ in range(60)]
     assert all(space.is_canonical(c) for c in draws)
     assert any(not space.is_canonical(space.sample(g, canonical=False)) for _ in range(60))
-    for a, b in zip(draws, draws[1:]):
-        assert space.is_canonical(space.mutate(a, 0.5, g)) and space.is_canonical(space.crossover(a, b, g))
     # the raw draw consumes the generator exactly as the canonical one (same sequence either way)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert [space.canonical(space.sample(g1, canonical=False)) for _ in range(5)] == [space.sample(g2) for _ in range(5)]
-
-
-def test_revived_dims_are_drawn_not_inherited_at_max():
-    # a block that mutation or crossover brings back has no real value in a canonical parent (it sits at max):
-    # the child draws it, so deeper children are not biased towards full blocks
-    space = depth_space()
-    g = torch.Generator().manual_seed(0)
-    shallow = space.min_config()
-    revived = [space.mutate(shallow, 0.34, g) for _ in range(300)]
-    b2 = [c["b2"] for c in revived if c["depth"] == 3]
-    assert len(b2) > 20 and {1, 2} <= set(b2)
-    deep = {"depth": 3, "stem": 8, "b0": 1, "b1": 1, "b2": 1}
-    children = [space.crossover(shallow, deep, g) for _ in range(100)]
-    assert all(c["b2"] == 1 for c in children if c["depth"] == 3)  # live in one parent only: its value
 
 
 def test_num_networks_and_canonical_enumeration_match_brute_force():
@@ -219,14 +185,6 @@ def test_num_networks_and_canonical_enumeration_match_brute_force():
                       dead_when={"x": [("d1", 1), ("d2", 1)], "y": [("d2", 1)]})
     distinct = {json.dumps(two.canonical(c), sort_keys=True) for c in two.enumerate()}
     assert two.num_networks == len(distinct) == len(list(two.enumerate(canonical=True))) == 1 + 3 + 6 + 6
-
-
-def test_encode_is_of_the_canonical_config():
-    space = depth_space()
-    a = {"depth": 1, "stem": 4, "b0": 1, "b1": 1, "b2": 2}
-    b = {"depth": 1, "stem": 4, "b0": 1, "b1": 2, "b2": 1}
-    assert space.encode(a) == space.encode(b) == space.encode(space.canonical(a))
-    assert space.decode(space.encode(a)) == space.canonical(a)
 
 
 @pytest.mark.parametrize("dead_when, match", [

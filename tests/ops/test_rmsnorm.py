@@ -56,13 +56,15 @@ def test_rmsnorm_full_small_export_and_grads(factory):
     grad_mask_check(norm.weight, (slice(0, 4),))
 
 
-def test_offset_form_gemma():
-    norm = LlamaLikeRMSNorm(6)
-    dim = ElasticDim("e", [3, 6], 6)
-    op = ElasticRMSNorm.from_module(norm, dim, offset=1.0)
-    dim.active = 3
-    x = torch.randn(2, 3)
-    close(op(x), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1.0 + norm.weight[:3]))
+def test_other_formula_error():
+    class GemmaLikeRMSNorm(LlamaLikeRMSNorm):  # Gemma's (1 + weight) form: wrong at smaller sizes, so refused
+        def forward(self, x):
+            h = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+            return (h * (1.0 + self.weight.float())).to(x.dtype)
+
+    with pytest.raises(ConversionError, match=r"GemmaLikeRMSNorm does not compute weight \* x / rms\(x\) \(e\.g\. "
+                                              r"Gemma's \(1 \+ weight\) form\).*HINT"):
+        ElasticRMSNorm.from_module(GemmaLikeRMSNorm(6), ElasticDim("e", [3, 6], 6))
 
 
 def test_not_an_rmsnorm_error():

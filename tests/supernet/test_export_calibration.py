@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_elastic import ConfigError, SearchSpaceConfig, load_subnet, register_adapter, save_subnet, to_supernet
+from lightning_elastic.adapters.registry import unregister_adapter
 from lightning_elastic.core.errors import UncalibratedExportWarning
-from lightning_elastic.core.registry import unregister_adapter
 from lightning_elastic.supernet.calibration import recalibrated_bn
 from tests._models import TinyMLP, TinyMLPAdapter, assert_same_state, snapshot
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lightning_elastic import ExportError, SearchSpaceConfig, load_subnet, register_adapter, save_subnet, to_supernet
-from lightning_elastic.core.registry import unregister_adapter
+from lightning_elastic.adapters.registry import unregister_adapter
 from lightning_elastic.supernet.io import INFO, WEIGHTS
 from tests._models import TinyMLP, TinyMLPAdapter
 
@@ -86,3 +86,16 @@ def test_mismatched_weights(saved):
     save_file(state, str(directory / WEIGHTS))
     with pytest.raises(ExportError, match=r"shape mismatch \['head\.bias: file \(7,\) vs subnet \(4,\)'\].*HINT"):
         load_subnet(directory)
+
+
+def test_round_trip_keeps_the_dtype(tmp_path):
+    adapter = register_adapter(TinyMLPAdapter())
+    try:
+        net = to_supernet(TinyMLP().double(), SearchSpaceConfig(), adapter=adapter)
+        exported = save_subnet(net, tmp_path / "sub", net.min_config())
+        loaded = load_subnet(tmp_path / "sub")
+    finally:
+        unregister_adapter(adapter.name)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float64}  # used to come back as float32
+    x = torch.randn(3, 6, dtype=torch.float64)
+    assert torch.equal(loaded(x), exported(x))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightning_elastic import ExportError, SearchSpaceConfig, load_subnet, register_adapter, save_subnet, to_supernet
-from lightning_elastic.core.registry import unregister_adapter
+from lightning_elastic.adapters.registry import unregister_adapter
 from lightning_elastic.supernet.io import INFO, WEIGHTS
 from tests._models import TinyMLP, TinyMLPAdapter
 

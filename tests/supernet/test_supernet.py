@@ -205,3 +205,16 @@ def test_state_info_is_json():
     _, net = convert()
     info = json.loads(json.dumps(net.state_info()))
     assert info["adapter"] == "test-tiny-mlp" and info["signature"] == net.signature()
+
+
+def test_export_after_load_state_dict():
+    # a no-grad forward at a subnet caches sliced views; load_state_dict (a checkpoint restore) then makes those views
+    # ones that deepcopy refuses, and export deep-copies the model: it must drop the caches first
+    model, net = convert()
+    x = torch.randn(4, 6)
+    cfg = net.min_config()
+    with torch.no_grad(), net.subnet(cfg):
+        expected = model(x)
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+    exported = net.export(cfg)
+    torch.testing.assert_close(exported(x), expected, rtol=0, atol=1e-6)

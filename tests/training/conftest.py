@@ -13,7 +13,7 @@ def _one_thread():
 
 @pytest.fixture
 def mlp_adapter():
-    from lightning_elastic.core.registry import register_adapter, unregister_adapter
+    from lightning_elastic.adapters.registry import register_adapter, unregister_adapter
     from tests._models import TinyMLPAdapter
 
     adapter = register_adapter(TinyMLPAdapter(), replace=True)

@@ -81,6 +81,8 @@ class Case:
     inputs: Callable[[], dict[str, torch.Tensor]] = token_input
     adapter: str = ""
     causal: bool = False
+    kinds: tuple[str, ...] = ()  # the kinds of elastic dims the conversion must find (coverage table)
+    plain: bool = False  # a homogeneous (depth + MLP) export saves as a plain HF folder (coverage table)
 
 
 LLAMA_LORA = dict(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_elastic import ExportError, SearchSpaceConfig, load_subnet, to_supernet
-from lightning_elastic.adapters._hf import loadable_by_hf
+from lightning_elastic.adapters.hf_base import loadable_by_hf
 from tests.adapters.hf._tiny import VOCAB, output, token_input
 
 

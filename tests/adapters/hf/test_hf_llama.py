@@ -76,10 +76,11 @@ def test_importance_ordered_depth():
 
 
 def test_unsupported_hf_model_lists_model_types():
-    from transformers import GPT2Config, GPT2Model
+    from transformers import ResNetConfig, ResNetModel  # no block of the model holds a Linear
 
-    model = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=100))
-    with pytest.raises(UnsupportedModelError, match=r"(?s)model_type 'gpt2'.*llama, mistral, qwen2.*HINT.*register_adapter"):
+    model = ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]))
+    with pytest.raises(UnsupportedModelError, match=r"(?s)(?=.*ResNetModel)(?=.*llama, mistral, qwen2)(?=.*gpt2, opt)"
+                                                    r".*HINT.*register_adapter"):
         to_supernet(model)
 
 
@@ -129,8 +130,31 @@ def test_phi3_fused_qkv_heads_per_layer_and_plain_export(tmp_path):
         torch.testing.assert_close(plain(**x).logits, model(**x).logits, atol=1e-5, rtol=1e-4)
 
 
-def test_phi3_fused_qkv_with_gqa_keeps_heads():
-    model = _phi3(kv=2)()
-    net = to_supernet(model, SearchSpaceConfig(depth=None))
-    assert not any(name.endswith("attn.heads") for name in net.space.names())  # k/v parts are narrower than q
-    assert "layers.0.mlp.hidden" in net.space.names()
+def test_phi3_fused_qkv_with_gqa_has_elastic_heads(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = _phi3(kv=2)().eval()
+    net = to_supernet(model, SearchSpaceConfig(depth=None, width=None))
+    assert net.space["layers.0.attn.heads"].choices == (2, 4)  # multiples of the 2 KV heads
+    x = token_input()
+    cfg = {"layers.0.attn.heads": 2, "layers.1.attn.heads": 2}
+    net.select(cfg)
+    model.train()
+    model(**x).logits.pow(2).mean().backward()
+    qkv = model.model.layers[0].self_attn.qkv_proj
+    hd = model.model.layers[0].self_attn.head_dim
+    q_grad = qkv.weight.grad[: 4 * hd].view(2, 2, hd, -1)  # [KV group, head in group, ...]
+    assert q_grad[:, 1].abs().sum() == 0 and q_grad[:, 0].abs().sum() > 0  # the 2nd head of each group is off
+    assert qkv.weight.grad[4 * hd:].abs().sum() > 0  # k and v rows all train
+    model.eval()
+    with torch.no_grad():
+        expected = model(**x).logits
+    exported = net.export(cfg)
+    assert exported.model.layers[0].self_attn.qkv_proj.out_features == (2 + 2 * 2) * hd  # q: 2 heads, k/v: 2 each
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**x).logits, expected, atol=1e-5, rtol=1e-4)
+    net.save_subnet(tmp_path, cfg)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert plain.config.num_attention_heads == 2 and plain.config.num_key_value_heads == 2
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**x).logits, expected, atol=1e-5, rtol=1e-4)

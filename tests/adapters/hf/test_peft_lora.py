@@ -134,11 +134,11 @@ def test_training_step_changes_only_adapter_weights():
 
 def test_peft_over_unsupported_model_raises():
     from peft import LoraConfig, get_peft_model
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import ResNetConfig, ResNetForImageClassification
 
-    model = get_peft_model(GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=100)),
-                           LoraConfig(r=4, target_modules=["lm_head"]))
-    with pytest.raises(ConversionError, match=r"wraps a GPT2LMHeadModel \(model_type 'gpt2'\).*allowed.*HINT: regis"):
+    base = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]))
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["classifier.1"]))
+    with pytest.raises(ConversionError, match=r"wraps a ResNetForImageClassification \(model_type 'resnet'\).*allowed.*HINT: regis"):
         to_supernet(model)
     assert not any(type(m).__name__.startswith("Elastic") for m in model.modules())
 
