@@ -11,7 +11,8 @@
 6. Storage that scales (``--only storage``): a 1,000-evaluation study on SQLite with near-free evaluations (a
    synthetic space, no model); the per-evaluation overhead in ms, and as a fraction of the issue's 0.65 s evaluations.
 7. Every rank searches (``--only ranks``): 1 vs 2 processes sharing one SQLite study, each evaluation a fixed amount
-   of single-threaded CPU work; the evaluations-per-wall-second ratio (target >= 1.7).
+   of single-threaded CPU work (a matmul count calibrated to ~0.2 s on one idle core; torch threads 1 per process,
+   so 1 rank alone does not use both cores); the evaluations-per-wall-second ratio (target >= 1.7).
 
 LINAS here: 16 initial random evaluations, then rounds of 8 predicted-front candidates; predictors ridge and extra
 trees (the defaults) chosen by 5-fold CV each round, NSGA-II with 320 trials on the predictors. The overhead run
@@ -43,13 +44,13 @@ from lightning_elastic.search import study as st  # noqa: E402
 from lightning_elastic.search.loop import SearchLoop, non_dominated_ranks  # noqa: E402
 from lightning_elastic.search.measure import SubnetMeasurer, config_key  # noqa: E402
 from lightning_elastic.search.objectives import parse_objectives  # noqa: E402
-from lightning_elastic.search.predictors import Predictor, features, kendall_tau  # noqa: E402
+from lightning_elastic.search.predictors import Predictor, base_columns, features, kendall_tau  # noqa: E402
 from lightning_elastic.search.run import SearchSettings, search_supernet  # noqa: E402
 
 OUT = ROOT / "outputs" / "bench_search"
 OBJECTIVES = parse_objectives(["val_acc:max", "macs:min"])
 #: step 4's regressors: the defaults plus the monotone ridge (not a default: slower, and no better inside LINAS here)
-TAU_PREDICTORS = ("ridge", "monotone", "extra_trees")
+TAU_PREDICTORS = ("ridge", "ordinal", "monotone", "extra_trees")
 
 
 class Classifier(L.LightningModule):
@@ -189,10 +190,11 @@ def _synthetic_costs(cfg) -> dict[str, float]:
     return {"params": float(sum(cfg.values())), "macs": sum((6 - i) * v * 1e3 for i, v in enumerate(cfg.values()))}
 
 
-def _synthetic_evaluate(cfg, work_s: float = 0.0) -> dict[str, float]:
-    end = time.perf_counter() + work_s
+def _synthetic_evaluate(cfg, work_iters: int = 0) -> dict[str, float]:
+    # a fixed amount of single-threaded CPU work, not a sleep nor a fixed time: two ranks squeezed onto one core
+    # must take twice as long, or the 2-vs-1 ratio would show parallelism the machine does not have
     x = torch.ones(64, 64)
-    while time.perf_counter() < end:  # CPU work (not a sleep): ranks must really share the machine
+    for _ in range(work_iters):
         x = (x @ x).clamp_(max=1.0)
     acc = sum((i + 1) * np.log1p(v) for i, v in enumerate(cfg.values())) / 20.0
     return {"val_acc": float(acc), **_synthetic_costs(cfg)}
@@ -216,11 +218,21 @@ def storage_overhead(num_evals: int, folder: Path, strategy: str = "random", eva
             f"overhead_fraction_at_{eval_s}s_evals": per_eval / (per_eval + eval_s), "timings": loop.timings}
 
 
-def _rank_worker(rank: int, world_size: int, storage: str, num_evals: int, work_s: float, out: str) -> None:
+def _work_iters(work_s: float) -> int:
+    """Matmul iterations that take ``work_s`` seconds on one thread here (measured once, before the ranks start)."""
     torch.set_num_threads(1)
+    x, n, start = torch.ones(64, 64), 0, time.perf_counter()
+    while time.perf_counter() - start < 0.5:
+        x = (x @ x).clamp_(max=1.0)
+        n += 1
+    return max(1, round(n / (time.perf_counter() - start) * work_s))
+
+
+def _rank_worker(rank: int, world_size: int, storage: str, num_evals: int, work_iters: int, out: str) -> None:
+    torch.set_num_threads(1)  # one core per rank: 1 rank alone must not already use both
     space = _synthetic_space()
     study = st.open_study(storage, "s", space, SYNTH_OBJECTIVES)
-    loop = SearchLoop(space, SYNTH_OBJECTIVES, {}, lambda c: _synthetic_evaluate(c, work_s), _synthetic_costs, study,
+    loop = SearchLoop(space, SYNTH_OBJECTIVES, {}, lambda c: _synthetic_evaluate(c, work_iters), _synthetic_costs, study,
                       strategy="random", num_evals=num_evals, progress=False, rank=rank, world_size=world_size)
     # a file barrier: the clock starts when every rank is ready (process start-up is not search time)
     Path(f"{out}.ready.{rank}").touch()
@@ -232,10 +244,12 @@ def _rank_worker(rank: int, world_size: int, storage: str, num_evals: int, work_
 
 
 def ranks_ratio(num_evals: int, folder: Path, work_s: float = 0.2) -> dict:
-    """Evaluations per wall-second with 2 ranks sharing one SQLite study vs 1 rank (same total evaluations)."""
+    """Evaluations per wall-second with 2 ranks sharing one SQLite study vs 1 rank (same total evaluations, each
+    evaluation the same fixed amount of single-threaded work, ~``work_s`` seconds on an idle core)."""
     import torch.multiprocessing as mp
 
     folder.mkdir(parents=True, exist_ok=True)
+    work_iters = _work_iters(work_s)
     rates = {}
     for world_size in (1, 2):
         db = folder / f"ranks-{world_size}.db"
@@ -244,13 +258,14 @@ def ranks_ratio(num_evals: int, folder: Path, work_s: float = 0.2) -> dict:
         out = folder / f"world{world_size}"
         for f in folder.glob(f"{out.name}.*"):
             f.unlink()
-        mp.spawn(_rank_worker, args=(world_size, f"sqlite:///{db}", num_evals, work_s, str(out)), nprocs=world_size)
+        mp.spawn(_rank_worker, args=(world_size, f"sqlite:///{db}", num_evals, work_iters, str(out)), nprocs=world_size)
         found = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world_size)]
         wall = max(f["end"] for f in found) - min(f["start"] for f in found)
         rates[world_size] = num_evals / wall
         print(f"{world_size} rank(s): {rates[world_size]:.2f} evaluations/s, per rank "
               f"{[f['evaluated'] for f in found]}", flush=True)
-    return {"num_evals": num_evals, "work_s": work_s, "evals_per_s": rates, "ratio_2_vs_1": rates[2] / rates[1]}
+    return {"num_evals": num_evals, "work_s": work_s, "work_iters": work_iters, "evals_per_s": rates,
+            "ratio_2_vs_1": rates[2] / rates[1]}
 
 
 def main() -> None:
@@ -317,7 +332,7 @@ def main() -> None:
             fit, held = [rows[i] for i in idx[:n_fit]], [rows[i] for i in idx[n_fit:]]
             X = lambda rs: [features(space, r["config"], {"params": r["params"], "macs": r["macs"]})  # noqa: E731
                             for r in rs]
-            p = Predictor("val_acc", TAU_PREDICTORS, seed=seed).fit(X(fit), [r["val_acc"] for r in fit])
+            p = Predictor("val_acc", TAU_PREDICTORS, seed=seed, base_columns=base_columns(space)).fit(X(fit), [r["val_acc"] for r in fit])
             vals.append(kendall_tau([r["val_acc"] for r in held], p.predict(X(held))))
         taus[n_fit] = vals
         print(f"held-out Kendall tau, fit on {n_fit}: {np.round(vals, 3).tolist()}", flush=True)

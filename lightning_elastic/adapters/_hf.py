@@ -39,6 +39,7 @@ from lightning_elastic.core.errors import ConfigError, ConversionError
 from lightning_elastic.ops.base import Axis
 from lightning_elastic.ops.conv1d import ElasticConv1D, is_conv1d
 from lightning_elastic.ops.depth import ElasticModuleList
+from lightning_elastic.ops.params import ElasticParams
 from lightning_elastic.ops.rmsnorm import ElasticRMSNorm
 
 AUTO_WIDTH = (0.5, 0.75, 1.0)
@@ -80,7 +81,9 @@ class AttnLayout:
     interleaved: bool = False  # a fused qkv laid out per head, [heads, 3, head_dim] (GPT-NeoX), not [3, heads, ...]
     extra_out: list[str] = field(default_factory=list)  # more Linears with q's head layout (DeBERTa pos_*_proj)
     head_tables: list[str] = field(default_factory=list)  # Embeddings with one column per head (T5 relative bias)
-    heads_blocker: str | None = None  # why the heads cannot be elastic (a head-indexed bare Parameter), or None
+    heads_blocker: str | None = None  # why the heads cannot be elastic (parameters no head axis explains), or None
+    head_params: list[tuple[str, str, int]] = field(default_factory=list)  # (module, Parameter, head axis): Swin's
+    # relative position bias table, sliced by an ElasticParams op
 
     @property
     def fused(self) -> bool:
@@ -91,7 +94,8 @@ class AttnLayout:
     def prefixed(self, p: Callable[[str], str]) -> AttnLayout:
         return AttnLayout(p(self.module), p(self.q), p(self.k), p(self.v), p(self.o), self.head_dim, self.num_heads,
                           self.num_kv, self.head_attrs, self.interleaved, [p(x) for x in self.extra_out],
-                          [p(x) for x in self.head_tables], self.heads_blocker)
+                          [p(x) for x in self.head_tables], self.heads_blocker,
+                          [(p(m), n, a) for m, n, a in self.head_params])
 
 
 @dataclass
@@ -224,6 +228,10 @@ class HFOpSpecs(OpSpecs):
     def emit(self, plan: ConversionPlan) -> None:
         for name, kwargs in self.specs.items():
             module = self.model.get_submodule(name)
+            if "param_slices" in kwargs:
+                slices = {n: [(axis, ax)] for n, axis, ax in kwargs["param_slices"]}
+                plan.replace(name, partial(ElasticParams.wrap, slices=slices))
+                continue
             if isinstance(kwargs.get("out_axis"), QRows):
                 cls = ElasticFusedQKV
             elif is_conv1d(module):
@@ -435,6 +443,9 @@ def _wire_attn(model: nn.Module, wire: _Wiring, plan: ConversionPlan, group: Cha
     wire.into(group, at.o, o_ax)  # o reads q heads only
     for table in at.head_tables:
         wire.table(group, table, heads)
+    for path, name, axis in at.head_params:
+        wire.specs.set(path, param_slices=((name, axis, Axis(heads)),))
+        group.add(model.get_submodule(path), name, axis, scores=False)
     _bind_heads(model, plan, heads, at)
 
 

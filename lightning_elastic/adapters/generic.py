@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
-from lightning_elastic.adapters.graph.trace import ChannelGraph, Member, trace_channels
+from lightning_elastic.adapters.graph.spaces import ChannelGraph, Member
+from lightning_elastic.adapters.graph.trace import trace_channels
 from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out, op_class
 from lightning_elastic.adapters.timm_resnet import _in_chans, build_timm
 from lightning_elastic.core.config import SearchSpaceConfig, check_explicit_fields, resolve_choices
@@ -96,8 +97,10 @@ class GenericAdapter(Adapter):
             # a smaller width: keep those spaces at full size and plan again
             for root in graph.roots():
                 space = graph.spaces[root]
-                if any(f"{m.module}.{f}" in failed for m in space.members for f in ("width", "stage_width")):
-                    space.fixed.append(f"a forward at its smallest size failed ({failed[next(iter(failed))]})")
+                hit = [f"{m.module}.{f}" for m in space.members for f in ("width", "stage_width")
+                       if f"{m.module}.{f}" in failed]
+                if hit:
+                    space.fixed.append(f"a forward at its smallest size failed ({failed[hit[0]]})")
             graph.blocked_heads = {n[: -len(".heads")] for n in failed if n.endswith(".heads")}
             graph.blocked_depth = {n[: -len(".depth")] for n in failed if n.endswith(".depth")}
             plan = self._plan(model, graph, config)
@@ -118,17 +121,23 @@ class GenericAdapter(Adapter):
             if any(m.kind == "param" and (m.module == "" or isinstance(modules[m.module], _SPEC_TYPES))
                    for m in space.members):
                 continue  # a Parameter of the root model (or of a module with its own op) cannot be sliced here
+            segments = {m.groups for m in space.members if m.groups > 1}
+            if len(segments) > 1 or segments and any(
+                    m.kind == "dw" or isinstance(modules[m.module], nn.GroupNorm) for m in space.members):
+                continue  # grouped convs of different group counts (or with depthwise convs / GroupNorm)
+            seg = segments.pop() if segments else 1
             field = "stage_width" if space.residual else "width"
             first = min((m.module for m in space.members if m.kind == "out"), key=position.__getitem__)
-            choices = resolve_choices(getattr(config, field), space.size, AUTO_WIDTH, field)
+            full = space.size // seg  # with grouped convs: channels per group, sliced alike in every group
+            choices = resolve_choices(getattr(config, field), full, AUTO_WIDTH, field)
             for m in space.members:
                 if m.kind == "norm" and isinstance(modules[m.module], nn.GroupNorm):
                     g = modules[m.module].num_groups
                     choices = [c for c in choices if c % g == 0]
-            fulls[field].append(space.size)
-            dim = ElasticDim(f"{first}.{field}", choices, space.size, kind="width")
+            fulls[field].append(full)
+            dim = ElasticDim(f"{first}.{field}", choices, full, kind="width")
             plan.dims.append(dim)
-            self._couple(dim, space.members, modules, specs, loose, ordered=not space.ordered)
+            self._couple(dim, space.members, modules, specs, loose, ordered=not space.ordered, segments=seg)
         self._plan_depth(model, graph, config, plan, fulls)
         check_explicit_fields(config, {k: v for k, v in fulls.items() if v}, self.name)
         if not any(d.is_elastic for d in plan.dims):
@@ -138,33 +147,37 @@ class GenericAdapter(Adapter):
 
     # -- planning ------------------------------------------------------------------------------------------
     def _couple(self, dim: ElasticDim, members: list[Member], modules: dict, specs: OpSpecs, loose: dict,
-                ordered: bool = True) -> None:
+                ordered: bool = True, segments: int = 1) -> None:
         # a space whose channel order matters is not reordered by importance: no channel group
         group = dim.couple() if ordered else ChannelGroup()
         for m in members:
             module = modules[m.module]
+            ax = Axis(dim, segments=segments * m.segments)  # the same prefix of every group's / piece's channels
             if m.kind == "out":
-                specs.set(m.module, out_axis=dim)
-                couple_out(group, module)
+                specs.set(m.module, out_axis=ax)
+                couple_out(group, module, ax)
             elif m.kind == "in":
-                specs.set(m.module, in_axis=dim)
-                couple_in(group, module, scores=True)
+                # a grouped conv's weight holds the channels of one group on its input axis
+                a = Axis(dim, segments=m.segments) if m.groups > 1 else ax
+                specs.set(m.module, in_axis=a)
+                couple_in(group, module, a, scores=True)
             elif m.kind == "dw":
-                specs.set(m.module, out_axis=dim, depthwise=True)
-                couple_out(group, module)
+                specs.set(m.module, out_axis=ax, depthwise=True)
+                couple_out(group, module, ax)
             elif m.kind == "norm" and type(module) in (nn.LayerNorm, nn.BatchNorm2d) or (
                     m.kind == "norm" and type(module).__name__ in ("BatchNormAct2d", "LayerNorm")):
-                specs.set(m.module, axis=dim)
-                couple_out(group, module)
+                specs.set(m.module, axis=ax)
+                for t in ("weight", "bias", "running_mean", "running_var"):  # kit's couple_out: stats unsegmented
+                    group.add(module, t, 0, segments=ax.segments, scores=False)
             elif m.kind == "norm":
                 slices = loose.setdefault(m.module, {})
                 for t in ("weight", "bias"):
                     if getattr(module, t, None) is not None:
-                        slices[t] = [(0, Axis(dim))]
-                        group.add(module, t, 0, scores=False)
+                        slices[t] = [(0, ax)]
+                        group.add(module, t, 0, segments=ax.segments, scores=False)
             else:
-                loose.setdefault(m.module, {}).setdefault(m.pname, []).append((m.axis, Axis(dim)))
-                group.add(module, m.pname, m.axis, scores=False)
+                loose.setdefault(m.module, {}).setdefault(m.pname, []).append((m.axis, ax))
+                group.add(module, m.pname, m.axis, segments=ax.segments, scores=False)
 
     def _plan_heads(self, model: nn.Module, graph: ChannelGraph, config: SearchSpaceConfig, plan: ConversionPlan,
                     specs: OpSpecs, loose: dict, fulls: dict) -> set[int]:

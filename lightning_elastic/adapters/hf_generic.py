@@ -17,8 +17,10 @@ Discovery (:func:`discover_layout`), touching nothing:
     MLP: the one Linear writing the residual width and the Linear(s) reading it into that MLP width (two for gate/up,
         one of twice the width for a fused GLU such as ModernBERT's ``Wi``).
 Everything else holding parameters in a block must be a norm over the residual width: a tensor sized like the MLP
-width elsewhere is an error naming that module; a head-indexed bare Parameter (Swin's relative position bias table)
-keeps that attention's heads fixed (an explicit ``heads`` request is then an error naming it).
+width elsewhere is an error naming that module. A submodule of an attention whose every Parameter has exactly one
+axis of the head count (Swin's relative position bias table) is sliced along it by an
+:class:`~lightning_elastic.ops.params.ElasticParams` op; any other parameters inside an attention (ALBERT's LayerNorm
+there) keep that attention's heads fixed (an explicit ``heads`` request is then an error naming them).
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def _attention(model: nn.Module, path: str, attn: nn.Module, model_type: str, co
         if features(model.get_submodule(q))[1] != o_in or features(model.get_submodule(v))[1] != kv * head_dim:
             raise _Blocked(f"attention {path!r}: q/k/v widths do not match {heads} heads of {head_dim}")
     known = {q, k, v, o_path}
-    extra, tables, blocker = [], [], None
+    extra, tables, params, blocker = [], [], [], None
     for name, module in _walk(attn, path):
         if name in known:
             continue
@@ -150,10 +152,16 @@ def _attention(model: nn.Module, path: str, attn: nn.Module, model_type: str, co
         elif isinstance(module, nn.Embedding) and module.embedding_dim == heads:
             tables.append(name)  # T5's relative attention bias: one column per head
         elif any(True for _ in module.parameters(recurse=False)) and not is_lora_layer(module):
-            blocker = blocker or (f"{name!r} ({type(module).__name__}) holds parameters "
-                                  f"{[n for n, _ in module.named_parameters(recurse=False)][:3]} the heads cannot slice")
+            own = list(module.named_parameters(recurse=False))
+            axes = [[i for i, n in enumerate(p.shape) if n == heads] for _, p in own]
+            if (name != path and heads != hidden and not isinstance(module, nn.Linear | nn.LayerNorm)
+                    and all(len(a) == 1 for a in axes)):
+                params += [(name, pname, a[0]) for (pname, _), a in zip(own, axes)]  # one column per head (Swin)
+            else:
+                blocker = blocker or (f"{name!r} ({type(module).__name__}) holds parameters "
+                                      f"{[n for n, _ in own][:3]} the heads cannot slice")
     return AttnLayout(path, q, k, v, o_path, head_dim, heads, kv, _head_setter(attn, heads, head_dim, kv), interleaved,
-                      extra, tables, blocker)
+                      extra, tables, blocker, params)
 
 
 def _layer(model: nn.Module, lp: str, layer: nn.Module, model_type: str, config: Any) -> tuple[LayerLayout, list[str]]:

@@ -2,9 +2,9 @@
 
 ``to_supernet(peft_model)`` keeps peft untouched: inside each ``lora.Linear`` the inner ``lora_A[name]`` /
 ``lora_B[name]`` Linears (and, for base dims, ``base_layer``) are swapped for ``ElasticLinear`` under the same names.
-Base-model dims (depth, heads, MLP, hidden) come from the BERT / Llama / ViT adapters' layouts, so a narrowed base
-Linear and its adapter (``lora_A`` input, ``lora_B`` output) are always sliced together, segment by segment for a fused
-``qkv_proj`` / ``gate_up_proj``. The base stays frozen: the Parameters and their ``requires_grad`` are peft's own.
+Base-model dims (depth, heads, MLP, hidden) come from the transformers adapters' layouts (families first, then the
+structure discovery of ``hf_generic``), so a narrowed base Linear (or GPT-2 ``Conv1D``) and its adapter (``lora_A``
+input, ``lora_B`` output) are always sliced together, segment by segment for a fused ``qkv_proj`` / ``gate_up_proj``. The base stays frozen: the Parameters and their ``requires_grad`` are peft's own.
 
 Dimensions: the base family's dims plus ``{module}.rank`` per adapted module (``{module}.rank.{adapter}`` when the
 model holds several adapters); ``module`` is the name inside the transformers model, as in peft's ``rank_pattern``.
@@ -36,13 +36,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_elastic.adapters._hf import HFOpSpecs, is_lora_layer, plan_layout
+from lightning_elastic.adapters._hf import HFOpSpecs, features, is_lora_layer, plan_layout
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
 from lightning_elastic.adapters.hf_base import HFTransformerAdapter, describe_hf, finalize_hf, loadable_by_hf
 from lightning_elastic.adapters.registry import register_adapter
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConfigError, ConversionError
+from lightning_elastic.ops.conv1d import is_conv1d
 
 AUTO_RANK = (0.5, 0.75, 1.0)
 PREFIX = "base_model.model."
@@ -91,13 +92,14 @@ class PeftLoraAdapter(Adapter):
                 )
         uncovered = []
         for name, layer in lora_layers(model).items():
-            if (not isinstance(layer.base_layer, nn.Linear) or len(getattr(layer, "lora_embedding_A", {}))
-                    or len(getattr(layer, "lora_variant", {})) or not len(layer.lora_A)):
+            linear = isinstance(layer.base_layer, nn.Linear) or is_conv1d(layer.base_layer)
+            if (not linear or len(getattr(layer, "lora_embedding_A", {})) or len(getattr(layer, "lora_variant", {}))
+                    or not len(layer.lora_A)):
                 uncovered.append(f"{name} ({type(layer.base_layer).__name__})")
         if uncovered:
             raise ConversionError(
                 f"LoRA is applied to modules the elastic space does not cover: {uncovered[:5]}; allowed: LoRA on "
-                "nn.Linear layers (attention / MLP projections, heads). HINT: restrict `target_modules` of the "
+                "nn.Linear or GPT-2 Conv1D layers (attention / MLP projections, heads). HINT: restrict `target_modules` of the "
                 "LoraConfig to Linear layers, e.g. ['q_proj', 'v_proj', 'up_proj', 'down_proj']."
             )
         base = _base_adapter(inner)
@@ -141,7 +143,7 @@ class PeftLoraAdapter(Adapter):
         inner = model.base_model.model
         finalize_hf(model, get_adapter(supernet.meta["base_adapter"]), PREFIX, hf_model=inner, supernet=supernet, cfg=cfg)
         for name, layer in lora_layers(model).items():
-            layer.in_features, layer.out_features = layer.base_layer.in_features, layer.base_layer.out_features
+            layer.in_features, layer.out_features = features(layer.base_layer)
             for a, peft_cfg in model.peft_config.items():
                 if a not in layer.lora_A:
                     continue

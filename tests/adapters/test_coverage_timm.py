@@ -24,7 +24,7 @@ TABLE = [
     ("convnext_atto", 32, {"width", "depth"}, False, None),
     ("regnetx_002", 32, {"width"}, False, None),
     ("swin_tiny_patch4_window7_224", 224, {"width", "depth", "heads"}, True, None),
-    ("eva02_tiny_patch14_224", 224, {"depth"}, True, None),
+    ("eva02_tiny_patch14_224", 224, {"width", "depth"}, True, None),
     ("levit_128s", 224, {"width"}, True, None),
     ("efficientvit_b0", 64, {"width", "depth"}, False, None),
     ("mobilevit_xxs", 64, {"width", "depth", "heads"}, False, None),

@@ -36,9 +36,12 @@ def test_residual_add_couples_producers_and_concat_fixes_its_inputs():
     assert "a concatenation along the channel axis" in _space_of(graph, "features.denseblock1.denselayer1.conv2").fixed
 
 
-def test_grouped_conv_and_model_output_are_fixed():
-    graph = trace_channels(timm.create_model("regnetx_002", pretrained=False), torch.randn(2, 3, 32, 32))
-    assert any("grouped convolution (groups=" in r for r in _space_of(graph, "s1.b1.conv2.conv").fixed)
+def test_grouped_conv_members_and_model_output():
+    model = timm.create_model("regnetx_002", pretrained=False)
+    graph = trace_channels(model, torch.randn(2, 3, 32, 32))
+    space = _space_of(graph, "s1.b1.conv2.conv")  # the grouped conv's output space
+    assert not space.fixed and {m.groups for m in space.members if m.module == "s1.b1.conv2.conv"} == {
+        model.s1.b1.conv2.conv.groups}
     assert "it is the model's output" in _space_of(graph, "head.fc").fixed
 
 
@@ -154,3 +157,36 @@ def test_elastic_params_groupnorm_slices_and_exports():
     plain = op.export_module()
     assert type(plain) is nn.GroupNorm and plain.num_channels == 8 and torch.equal(plain(x[:, :8]), y)
     assert list(op.state_dict()) == ["weight", "bias"]
+
+
+def test_grouped_convs_slice_the_same_channels_of_every_group():
+    # ResNeXt: conv1 -> bn1 -> conv2 (groups=32) -> bn2 -> conv3; the dims count channels per group
+    report = check_adapter(lambda: timm.create_model("seresnext26d_32x4d", pretrained=False, num_classes=5),
+                           torch.randn(2, 3, 32, 32), num_configs=1, roundtrip=False, adapter="generic")
+    net = report.supernet
+    inner = net.space["layer1.0.conv1.width"]
+    conv2 = net.model.layer1[0].conv2
+    assert inner.full == conv2.in_channels // conv2.groups == 4 and inner.choices == (2, 3, 4)
+    exported = net.export({**net.space.max_config(), inner.name: 2}, calibration_data="current")
+    new = exported.layer1[0].conv2
+    assert new.groups == 32 and new.in_channels == 64 and new.weight.shape[1] == 2
+
+
+def test_tiny_vit_with_glu_mlp_heads_hidden_and_depth():
+    # the GLU's chunk(2, dim=-1) splits fc1's output into equal pieces multiplied together: one hidden dim whose
+    # fc1 rows are sliced in two segments (the negative chunk dim is saved unsigned by autograd)
+    from functools import partial
+
+    from timm.layers import GluMlp
+    from timm.models.vision_transformer import VisionTransformer
+
+    def factory():
+        return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=5,
+                                 mlp_layer=partial(GluMlp, gate_last=False), mlp_ratio=2.0)
+
+    report = check_adapter(factory, torch.randn(2, 3, 32, 32), num_configs=2, adapter="generic", roundtrip=False)
+    space = report.supernet.space
+    assert space["blocks.0.attn.heads"].choices == (2, 3, 4)
+    hidden = space["blocks.0.mlp.fc1.width"]
+    assert hidden.full == 32 and report.supernet.model.blocks[0].mlp.fc1.out_axis.segments == 2
+    assert space["blocks.depth"].choices == (1, 2, 3)

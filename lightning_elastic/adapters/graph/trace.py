@@ -7,18 +7,19 @@ splits along other axes, reductions): tensors whose channels must stay aligned e
 (a union-find set), and the parameter axes sliced by it are its members. A space is *fixed* (kept at full size,
 with the reason recorded) when a prefix of it would not be a prefix of every coupled tensor: concatenation or split
 along the channel axis, a reshape that does not keep the channel axis whole, an op whose output shape is not the
-broadcast of its inputs (matmul), grouped convolutions, modules called twice, an untraced tensor joining it, or the
+broadcast of its inputs (matmul), modules called twice, an untraced tensor joining it, or the
 model's input / output.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from lightning_elastic.adapters.graph.spaces import ChannelGraph, Member
 
 _VIEWS = {"ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "UnsqueezeBackward0",
           "UnsqueezeBackward1", "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "SqueezeBackward3",
@@ -28,106 +29,6 @@ _SPLITS = ("SplitBackward", "SplitWithSizesBackward", "UnbindBackward", "SliceBa
 _SPATIAL = ("Pool", "Upsample", "Pad", "Roll", "Flip")
 _REDUCE = ("MeanBackward1", "LinalgVectorNormBackward0", "SumBackward1", "AmaxBackward0", "MaxBackward1", "NormBackward1", "StdBackward0",
            "VarBackward0", "LogsumexpBackward0")
-
-
-@dataclass
-class Member:
-    """A parameter axis in a channel space: ``kind`` is ``out`` / ``in`` (conv or linear), ``dw`` (depthwise
-    conv), ``norm`` (BN / LN / GN affine + stats) or ``param`` (a loose Parameter ``pname`` sliced on ``axis``)."""
-
-    kind: str
-    module: str
-    pname: str = ""
-    axis: int = 0
-
-
-@dataclass
-class Space:
-    size: int
-    members: list[Member] = field(default_factory=list)
-    fixed: list[str] = field(default_factory=list)
-    producers: int = 0
-    #: a residual addition joined it with another space (a stage's stream, not e.g. an SE gate's product)
-    residual: bool = False
-    #: why channel order matters here (GroupNorm groups, a conv along the channel axis): no importance reordering
-    ordered: list[str] = field(default_factory=list)
-
-
-class ChannelGraph:
-    """Union-find over channel spaces; built by :func:`trace_channels`."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.spaces: list[Space] = []
-        self.calls: dict[str, int] = {}
-        self.module_io: dict[str, tuple[Any, Any]] = {}  # name -> (input info, output info)
-        #: children of Sequential / ModuleList containers: (input key, input shape, output grad_fn, output shape),
-        #: None when called more than once or not with one tensor
-        self.blocks: dict[str, Any] = {}
-        self.leaf_out: dict[Any, Any] = {}
-
-    def is_residual(self, name: str) -> bool:
-        """Whether block ``name`` keeps its input's shape and adds its input back (an identity shortcut)."""
-        rec = self.blocks.get(name)
-        if rec is None or rec[0] is None or rec[1] != rec[3]:
-            return False
-        target, start = rec[0][0], rec[2]
-        if start is target or start in self.leaf_out:
-            return False  # a single conv / norm is no residual block
-        stack, seen = [start], set()
-        while stack:
-            fn = stack.pop()
-            if fn is target:
-                return True
-            if fn in seen or fn in self.leaf_out or type(fn).__name__ == "AccumulateGrad":
-                continue
-            seen.add(fn)
-            stack.extend(f for f, _ in getattr(fn, "next_functions", ()) if f is not None)
-        return False
-
-    def new(self, size: int, member: Member | None = None, fixed: str | None = None) -> int:
-        self.parent.append(len(self.parent))
-        self.spaces.append(Space(int(size)))
-        sid = len(self.parent) - 1
-        if member is not None:
-            self.add(sid, member)
-        if fixed:
-            self.fix(sid, fixed)
-        return sid
-
-    def find(self, sid: int) -> int:
-        while self.parent[sid] != sid:
-            self.parent[sid] = self.parent[self.parent[sid]]
-            sid = self.parent[sid]
-        return sid
-
-    def add(self, sid: int, member: Member) -> None:
-        space = self.spaces[self.find(sid)]
-        space.members.append(member)
-        space.producers += member.kind == "out"
-
-    def fix(self, sid: int, reason: str) -> None:
-        self.spaces[self.find(sid)].fixed.append(reason)
-
-    def union(self, a: int, b: int, where: str) -> int:
-        a, b = self.find(a), self.find(b)
-        if a == b:
-            return a
-        sa, sb = self.spaces[a], self.spaces[b]
-        if sa.size != sb.size:
-            self.fix(a, f"{where} joins {sa.size} and {sb.size} channels")
-            self.fix(b, f"{where} joins {sa.size} and {sb.size} channels")
-            return a
-        self.parent[b] = a
-        sa.members += sb.members
-        sa.fixed += sb.fixed
-        sa.producers += sb.producers
-        sa.residual = sa.residual or sb.residual or where.startswith("a Add")
-        sa.ordered += sb.ordered
-        return a
-
-    def roots(self) -> list[int]:
-        return [i for i in range(len(self.parent)) if self.parent[i] == i]
 
 
 # tensor info: ("s", space id, axis) | ("p", (module name, param name), {tensor axis: param axis}) | None
@@ -153,7 +54,9 @@ def _view_axis(a: int, s_in: tuple[int, ...], s_out: tuple[int, ...]) -> int | N
 
 def _saved_dim(fn: Any, ndim: int) -> int | None:
     d = getattr(fn, "_saved_dim", None)
-    if d is None or not isinstance(d, int) or d > 64:
+    if isinstance(d, int) and d >= 2 ** 63:
+        d -= 2 ** 64  # a negative dim saved as unsigned (chunk(2, dim=-1))
+    if d is None or not isinstance(d, int) or not -64 < d < 64:
         return None
     return d % ndim if ndim else d
 
@@ -247,6 +150,7 @@ class _Walker:
             stack.extend((f, False) for f, _ in self.inputs(fn) if f not in seen)
         for fn in order:
             self.visit(fn)
+        self.g.link_pieces()
         for t in outputs:
             info = self.info.get((t.grad_fn, t.output_nr))
             if info is not None and info[0] == "s":
@@ -295,6 +199,15 @@ class _Walker:
                 return
             _, info, s_in = tracked[0]
             axis = info[2] if info[0] == "s" else None
+            k = len(outs)
+            if d is not None and d == axis and name.startswith(("SplitBackward", "UnsafeSplitBackward")) and k > 1 \
+                    and all(len(o) == len(s_in) and o[d] * k == s_in[d] for o in outs):
+                # equal pieces (a GLU's chunk): linked to the input when the pieces end up in one space
+                pieces = [self.g.new(s_in[d] // k) for _ in outs]
+                self.g.links.append((info[1], pieces, k))
+                for i, sid in enumerate(pieces):
+                    self.info[(fn, i)] = ("s", sid, d)
+                return
             if d is None or axis is None or d == axis:
                 self.fix_info(info, f"a {name[:-9]} along its channel axis")
                 self.set_outputs(fn, None)
@@ -432,8 +345,7 @@ class _Walker:
                       None if plain else f"{name} is a {kind} with its own forward")
             if depthwise and not (info is not None and info[0] == "s" and info[2] == axis_in):
                 reason = reason or f"{name} is a depthwise convolution whose input channels are fixed"
-            if reason is None and groups > 1 and not depthwise:
-                reason = f"{name} is a grouped convolution (groups={groups})"
+            grouped = groups if reason is None and groups > 1 and not depthwise else 1
             ok_in = info is not None and info[0] == "s" and info[2] == axis_in
             if info is not None and not ok_in:
                 g.fix(info[1], f"{name} reads it on another axis")
@@ -445,9 +357,9 @@ class _Walker:
                 if reason is not None or depthwise:
                     g.fix(info[1], reason or f"{name} is a depthwise convolution reading an untraced input")
                 else:
-                    g.add(info[1], Member("in", name))
+                    g.add(info[1], Member("in", name, groups=grouped))
             out_size = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-            sid = g.new(out_size, Member("out", name), fixed=reason)
+            sid = g.new(out_size, Member("out", name, groups=grouped), fixed=reason)
             self.set_outputs(fn, ("s", sid, axis_out))
             return
         # norms: BatchNorm2d / BatchNormAct2d, LayerNorm (last axis) / LayerNorm2d (axis 1), GroupNorm / GroupNormAct

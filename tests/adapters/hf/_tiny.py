@@ -47,6 +47,21 @@ def _distilbert():
                                                                 n_heads=4))
 
 
+def _opt():
+    from transformers import OPTConfig, OPTForCausalLM
+
+    return OPTForCausalLM(OPTConfig(vocab_size=VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                    num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=64,
+                                    pad_token_id=0, bos_token_id=1, eos_token_id=2))
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0,
+                                      bos_token_id=1, eos_token_id=2))
+
+
 def _vit():
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -116,6 +131,10 @@ TEST_CASES = [
          dict(depth=None), adapter="peft-lora"),
     Case("peft-phi3-fused", _peft(_phi3(), r=4, target_modules=["qkv_proj", "gate_up_proj", "o_proj"]),
          dict(depth=None), adapter="peft-lora", causal=True),
+    Case("peft-opt", _peft(_opt, r=4, target_modules=["q_proj", "v_proj", "fc1", "fc2"]), dict(depth=(0.5, 1.0)),
+         adapter="peft-lora", causal=True),  # over the structure-discovered (hf-generic) layout
+    Case("peft-gpt2", _peft(_gpt2, r=4, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True),
+         dict(depth=(0.5, 1.0)), adapter="peft-lora", causal=True),  # LoRA on GPT-2's Conv1D
     Case("peft-vit", _peft(_vit, r=4, target_modules=["q_proj", "v_proj", "fc1", "fc2"]), dict(depth=(0.5, 1.0)),
          inputs=image_input, adapter="peft-lora"),
 ]

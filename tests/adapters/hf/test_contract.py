@@ -1,6 +1,6 @@
 """The adapter contract, for every tiny HF / peft model in the table of ``_tiny.py`` (BERT, RoBERTa, DistilBERT,
-Llama, Qwen2, Mistral, Phi-3 fused, HF ViT, and peft LoRA over them): max config == original, export == supernet
-and reload, zero gradients outside the active slice."""
+Llama, Qwen2, Mistral, Phi-3 fused, HF ViT, and peft LoRA over them and over OPT / GPT-2): max config == original,
+export == supernet and reload, zero gradients outside the active slice."""
 
 from __future__ import annotations
 

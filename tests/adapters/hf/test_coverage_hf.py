@@ -99,10 +99,10 @@ COVERAGE = [
          SPACE, image_input, adapter="hf-vit", kinds=ALL, plain=True),
     Case("clip-vision", _hf("CLIPVisionModel", "CLIPVisionConfig", image_size=16, patch_size=8, **SMALL), SPACE,
          image_input, adapter="hf-generic", kinds=ALL, plain=True),
-    # per-stage stacks; Swin's relative position bias table (a bare Parameter per head) keeps its heads
+    # per-stage stacks; Swin's relative position bias table (a column per head) follows the heads
     Case("swin", _hf("SwinForImageClassification", "SwinConfig", image_size=16, patch_size=2, embed_dim=16,
                      depths=[2, 2], num_heads=[2, 4], window_size=2, num_labels=3), SPACE, image_input,
-         adapter="hf-generic", kinds=("depth", "width")),
+         adapter="hf-generic", kinds=ALL),
     Case("convnext", _hf("ConvNextForImageClassification", "ConvNextConfig", hidden_sizes=[16, 32], depths=[2, 2],
                          num_stages=2, num_labels=3), SPACE, image_input, adapter="hf-generic",
          kinds=("depth", "width")),
@@ -165,11 +165,28 @@ def test_unconvertible_block_names_the_module():
     assert not any(type(m).__name__.startswith("Elastic") for m in model.modules())
 
 
-def test_explicit_heads_on_swin_name_the_blocking_table():
-    model = COVERAGE[[c.id for c in COVERAGE].index("swin")].build()
-    with pytest.raises(ConversionError, match=r"(?s)`heads`=\(0\.5, 1\.0\).*relative_position_bias_table.*allowed: "
-                                              r"heads=None.*HINT: pass heads=None"):
+def test_explicit_heads_name_the_blocking_module():
+    model = COVERAGE[[c.id for c in COVERAGE].index("albert")].build()
+    with pytest.raises(ConversionError, match=r"(?s)`heads`=\(0\.5, 1\.0\).*'albert\.encoder.*attention\.LayerNorm'.*"
+                                              r"allowed: heads=None.*HINT: pass heads=None"):
         to_supernet(model, SearchSpaceConfig(heads=[0.5, 1.0]))
+    assert not any(type(m).__name__.startswith("Elastic") for m in model.modules())
+
+
+def test_swin_bias_table_follows_the_heads():
+    torch.manual_seed(0)
+    model = COVERAGE[[c.id for c in COVERAGE].index("swin")].build().eval()
+    net = to_supernet(model, SearchSpaceConfig(depth=None, width=None))
+    name = "encoder.layers.1.blocks.0.attn.heads"
+    net.select({**net.max_config(), name: 2})  # 2 of the stage's 4 heads
+    with torch.no_grad():
+        expected = model(**image_input()).logits
+    exported = net.export()
+    attn = exported.swin.encoder.layers[1].blocks[0].attention
+    assert attn.relative_position_bias.relative_position_bias_table.shape[1] == 2
+    assert attn.q_proj.out_features == 2 * 8 and attn.o_proj.in_features == 2 * 8  # 2 heads of 32 / 4
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**image_input()).logits, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_token_inputs_fit_vocab():
