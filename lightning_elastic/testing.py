@@ -21,7 +21,6 @@ from torch import nn
 from lightning_elastic.adapters.base import Adapter
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.errors import ConfigError, ElasticError
-from lightning_elastic.core.slicing import slice_axis
 from lightning_elastic.ops.base import ElasticOp
 from lightning_elastic.ops.depth import _DepthMixin
 from lightning_elastic.supernet.export import check_plain, is_elastic
@@ -267,16 +266,31 @@ def _check_export_is_plain(exported: nn.Module, fresh: nn.Module, net: Supernet,
 
 
 def _active_mask(op: ElasticOp, name: str, tensor: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of the elements of ``op.<name>`` the active subnet reads (the slicing of ``op._slice``)."""
-    index = torch.arange(tensor.numel(), device=tensor.device).reshape(tensor.shape)
-    for axis, ax in op._slices.get(name, ()):
-        index = slice_axis(index, axis, ax.dim.active, ax.dim.full, ax.unit, ax.segments)
-    crop = getattr(op, "_crop_kernel", None)
-    if name == "weight" and crop is not None and not getattr(op, "_kernel_transform", False):
-        index = crop(index)  # a plain centre crop (kernel transforms mix the whole centre instead)
-    mask = torch.zeros(tensor.numel(), dtype=torch.bool, device=tensor.device)
-    mask[index.reshape(-1)] = True
-    return mask.reshape(tensor.shape)
+    """Boolean mask of the elements of ``op.<name>`` the active subnet reads, by the op's own ``_slice``.
+
+    Differentiating the sum of the op's slice with respect to the tensor marks exactly the elements it reads, so ops
+    that override ``_slice`` (fused QKV with GQA, concatenated pieces) are covered without knowing their layout.
+    """
+    leaf = tensor.detach().requires_grad_(True)
+    saved = getattr(op, name)
+    try:
+        _set_tensor(op, name, leaf)
+        with torch.enable_grad():
+            sliced = op._slice(name)
+            crop = getattr(op, "_crop_kernel", None)
+            if name == "weight" and crop is not None and not getattr(op, "_kernel_transform", False):
+                sliced = crop(sliced)  # a plain centre crop (kernel transforms mix the whole centre instead)
+            (grad,) = torch.autograd.grad(sliced.sum(), leaf)
+    finally:
+        _set_tensor(op, name, saved)
+    return grad != 0
+
+
+def _set_tensor(op: ElasticOp, name: str, value: torch.Tensor) -> None:
+    if name in op._parameters:
+        op._parameters[name] = value  # bypasses nn.Module's Parameter type check for the probe leaf
+    else:
+        op._buffers[name] = value
 
 
 def _check_gradients(net: Supernet, cfg: dict[str, int], args: tuple, kwargs: dict) -> int:

@@ -126,3 +126,22 @@ def test_argument_errors(tiny):
         check_adapter(TinyMLP, X, num_configs=-1)
     with pytest.raises(ConfigError, match=r"`model_factory` returned a Tensor; allowed: a torch.nn.Module\. HINT"):
         check_adapter(lambda: X, X)
+
+
+def test_active_mask_follows_an_ops_own_slice_for_fused_gqa_qkv():
+    """Phi-3's GQA ``qkv_proj`` overrides ``_slice``: the gradient check's mask must be the rows that op reads."""
+    from lightning_elastic import SearchSpaceConfig, to_supernet
+    from lightning_elastic.testing import _active_mask
+    from tests.adapters.hf._tiny import _phi3
+
+    model = _phi3(kv=2)().eval()
+    net = to_supernet(model, SearchSpaceConfig(depth=None, width=None))
+    net.select({"layers.0.attn.heads": 2, "layers.1.attn.heads": 4})
+    attn = model.model.layers[0].self_attn
+    qkv, hd = attn.qkv_proj, attn.head_dim
+    mask = _active_mask(qkv, "weight", qkv.weight)
+    rows = mask.all(dim=1)
+    q_rows = rows[: 4 * hd].view(2, 2, hd)  # [KV group, query head in group, head_dim]
+    assert bool(q_rows[:, 0].all()) and not bool(q_rows[:, 1].any())  # one query head per KV group is read
+    assert bool(rows[4 * hd:].all())  # every k and v row is read
+    assert mask.any(dim=1).equal(rows)  # rows are read whole
