@@ -67,10 +67,16 @@ def get_adapter(name: str) -> Adapter:
 
 def find_adapter(model: nn.Module) -> Adapter:
     """The first registered adapter whose ``matches(model)`` is true."""
+    return matching_adapters(model)[0]
+
+
+def matching_adapters(model: nn.Module) -> list[Adapter]:
+    """Every registered adapter whose ``matches(model)`` is true, in registration order (family adapters first, the
+    generic graph adapter last); raises :class:`UnsupportedModelError` if there is none."""
     _load()
-    for adapter in _ADAPTERS.values():
-        if adapter.matches(model):
-            return adapter
+    found = [adapter for adapter in _ADAPTERS.values() if adapter.matches(model)]
+    if found:
+        return found
     supported = "\n".join(f"  - {a.name}: {a.supported}" for a in _ADAPTERS.values())
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     found = f" (model_type {model_type!r})" if isinstance(model_type, str) else ""

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out
 from lightning_elastic.adapters.base import Adapter, ConversionPlan, LayerStack
+from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConfigError, ConversionError, ExportError

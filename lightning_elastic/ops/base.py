@@ -71,6 +71,11 @@ class _Plan:
         # names -> (source tensors, their (id, version) pairs, materialised slices); lives as long as this select
         self.cache: dict[tuple[str, ...], tuple[tuple, list[tuple[int, int]], list]] = {}
 
+    def __deepcopy__(self, memo: dict) -> None:
+        # a copy of the op (an EMA teacher) rebuilds its own plan on first use; the cached no-grad slices cannot be
+        # deep-copied once load_state_dict has modified their base in place
+        return None
+
 
 class ElasticOp:
     """Mixin for elastic ops. Subclasses set ``self._slices = {tensor_name: [(axis, Axis), ...]}``."""

@@ -15,6 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lightning_elastic.core.checks import check_int
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.search import study as st
 from lightning_elastic.search.latency import backend_name, check_latency_backend
@@ -180,8 +181,7 @@ def option_help() -> dict[str, str]:
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1, hint: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"`{name}` got {value!r}; allowed: an integer >= {minimum}. HINT: {hint or f'{name}=10'}.")
+    check_int(name, value, minimum, hint=hint or None)  # the shared check and message (core.checks)
 
 
 def check_output_dir(name: str, path: str | Path) -> None:

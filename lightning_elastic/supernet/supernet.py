@@ -9,6 +9,7 @@ the swap leaves the model exactly as it was; an error during the swap restores i
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from lightning_elastic.adapters.base import Adapter
-from lightning_elastic.adapters.registry import find_adapter, get_adapter, registered_adapters
+from lightning_elastic.adapters.registry import get_adapter, matching_adapters, registered_adapters
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConfigError, ConversionError, ExportError, UnsupportedModelError
@@ -36,6 +37,8 @@ from lightning_elastic.supernet.importance import (
 )
 
 _ATTR = "_lightning_elastic_supernet"
+
+_log = logging.getLogger(__name__)
 
 
 def get_supernet(model: nn.Module) -> Supernet | None:
@@ -176,10 +179,8 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
                 "HINT: convert a fresh model, or reuse the existing space."
             )
         return existing
-    adapter = _resolve_adapter(model, adapter)
-
     # phase 1: plan (no change to the model)
-    plan = adapter.plan(model, config)
+    adapter, plan = _plan(model, config, adapter)
     extra = []
     if config.resolution is not None:
         extra.append(ElasticDim("resolution", config.resolution, max(config.resolution), kind="resolution"))
@@ -267,10 +268,35 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
     return supernet
 
 
-def _resolve_adapter(model: nn.Module, adapter: str | Adapter | None) -> Adapter:
-    """The adapter to use: auto-detected, or the forced one after checking that it handles ``model``."""
-    if adapter is None:
-        return find_adapter(model)
+def _plan(model: nn.Module, config: SearchSpaceConfig, adapter: str | Adapter | None) -> tuple[Adapter, Any]:
+    """Plan with the forced adapter, or with the first matching one that can: a family adapter that refuses a variant
+    (ConversionError) hands the model to the next match, e.g. the generic graph adapter. If all refuse, the first
+    refusal is raised with the others' reasons appended."""
+    if adapter is not None:
+        adapter = _resolve_adapter(model, adapter)
+        return adapter, adapter.plan(model, config)
+    refusals: list[tuple[Adapter, ConversionError]] = []
+    for candidate in matching_adapters(model):
+        try:
+            plan = candidate.plan(model, config)
+        except ConfigError:
+            raise  # the user's space is wrong for this model: another adapter would only hide that
+        except ConversionError as err:
+            refusals.append((candidate, err))
+            continue
+        for refused, err in refusals:
+            _log.info("adapter %r refused this %s (%s); converted with adapter %r", refused.name,
+                      type(model).__name__, str(err).split(". HINT")[0], candidate.name)
+        return candidate, plan
+    first = refusals[0][1]
+    if len(refusals) == 1:
+        raise first
+    also = "\n".join(f"  - adapter {a.name!r}: {err}" for a, err in refusals[1:])
+    raise ConversionError(f"{first}\nEvery other matching adapter refused it too:\n{also}") from first
+
+
+def _resolve_adapter(model: nn.Module, adapter: str | Adapter) -> Adapter:
+    """The forced adapter, after checking that it handles ``model``."""
     if isinstance(adapter, str):
         adapter = get_adapter(adapter)
     elif not isinstance(adapter, Adapter):

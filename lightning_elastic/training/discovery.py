@@ -6,8 +6,8 @@ import lightning as L
 from torch import nn
 
 from lightning_elastic.adapters.base import Adapter
-from lightning_elastic.core.errors import ConfigError, UnsupportedModelError
 from lightning_elastic.adapters.registry import find_adapter, get_adapter
+from lightning_elastic.core.errors import ConfigError, UnsupportedModelError
 from lightning_elastic.supernet.supernet import find_supernet
 
 

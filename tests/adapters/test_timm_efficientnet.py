@@ -222,7 +222,7 @@ def test_unsupported_models_are_refused_untouched(name, kwargs, match):
     model = timm.create_model(name, pretrained=False, **kwargs)
     snap = _snapshot(model)
     with pytest.raises(ConversionError, match=match):
-        to_supernet(model)
+        to_supernet(model, adapter="timm-efficientnet")
     _assert_untouched(model, snap)
 
 
@@ -233,7 +233,7 @@ def test_other_squeeze_excite_is_refused():
     model.blocks[2][0].se = SEModule(model.blocks[2][0].conv_pw.out_channels)
     snap = _snapshot(model)
     with pytest.raises(ConversionError, match=r"blocks\.2\.0\.se is a SEModule.*HINT"):
-        to_supernet(model)
+        to_supernet(model, adapter="timm-efficientnet")
     _assert_untouched(model, snap)
 
 
@@ -247,7 +247,7 @@ def test_blocks_not_sequential_is_refused():
 def test_even_kernel_is_refused():
     model = timm.create_model("mobilenetv3_small_050", pretrained=False)
     with pytest.raises(ConversionError, match=r"`kernel` got \[2, 3\].*odd.*HINT"):
-        to_supernet(model, SearchSpaceConfig(kernel=(2, 3)))
+        to_supernet(model, SearchSpaceConfig(kernel=(2, 3)), adapter="timm-efficientnet")
 
 
 def test_failure_while_building_leaves_model_untouched():

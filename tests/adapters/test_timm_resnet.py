@@ -151,8 +151,19 @@ def test_resnext_elastic_width_asked_explicitly(space, asked):
     with pytest.raises(ConversionError, match=asked + r" asks for an elastic width of layer1\.0\.width \(full 8\), "
                        r"which uses grouped convolutions \(groups=4, ResNeXt-style\); allowed there: the full width "
                        r"only\. HINT: pass width=None or exclude=\['\*\.width'\]"):
-        to_supernet(resnext, space)
+        to_supernet(resnext, space, adapter="timm-resnet")
     assert not any(isinstance(m, ElasticOp) for m in resnext.modules())
+
+
+def test_resnext_elastic_width_falls_back_to_the_generic_adapter():
+    """Auto-detection hands a variant the family adapter refuses to the next matching adapter (the generic one)."""
+    resnext = tiny_resnext()
+    net = to_supernet(resnext, SearchSpaceConfig(width=(0.5, 1.0)))
+    assert net.adapter.name == "generic"
+    assert any(d.kind == "width" for d in net.space)
+    conv = resnext.layer1[0].conv2
+    assert conv.groups == 4 and isinstance(conv, ElasticOp)  # the grouped conv itself is elastic now
+
 
 
 @pytest.mark.parametrize(("space", "message"), [
@@ -178,7 +189,7 @@ def test_unknown_block_error():
     model.layer2[1] = nn.Identity()
     with pytest.raises(ConversionError, match=r"layer2\.1 is a Identity; the timm-resnet adapter supports BasicBlock and "
                                               r"Bottleneck\. HINT"):
-        to_supernet(model)
+        to_supernet(model, adapter="timm-resnet")
     assert type(model.layer1[0].conv1) is nn.Conv2d
 
 

@@ -234,7 +234,7 @@ def test_error_unsupported_block():
     model = _vit(block_fn=ResPostBlock)
     snap = _snapshot(model)
     with pytest.raises(ConversionError, match=r"`blocks.0` is a ResPostBlock; .*supports the pre-norm timm `Block`.*HINT"):
-        to_supernet(model)
+        to_supernet(model, adapter="timm-vit")
     _assert_untouched(model, snap)
 
 
@@ -246,7 +246,7 @@ def test_error_unsupported_attention():
 
     model = _vit(attn_layer=MyAttention)
     with pytest.raises(ConversionError, match=r"`blocks.0.attn` is a MyAttention; supported: .*HINT"):
-        to_supernet(model)
+        to_supernet(model, adapter="timm-vit")
 
 
 def test_error_unsupported_mlp_leaves_model_untouched():
@@ -256,7 +256,7 @@ def test_error_unsupported_mlp_leaves_model_untouched():
     model.blocks[1].mlp = GatedMlp(32, 64)  # the first block converts fine, the second cannot
     snap = _snapshot(model)
     with pytest.raises(ConversionError, match=r"`blocks.1.mlp` is a GatedMlp; supported: Mlp, GluMlp.*HINT"):
-        to_supernet(model, embed_dim=(16, 32))
+        to_supernet(model, adapter="timm-vit", embed_dim=(16, 32))
     _assert_untouched(model, snap)
 
 
@@ -273,10 +273,10 @@ def test_error_embed_dim_with_attention_pool():
     model = _vit(global_pool="map")
     with pytest.raises(ConversionError, match=r"`embed_dim`=\(0.5, 1.0\) asks for an elastic embed dim, impossible "
                                               r"on this model: global_pool='map' uses an attention-pool head.*HINT"):
-        to_supernet(model, embed_dim=(0.5, 1.0))
+        to_supernet(model, adapter="timm-vit", embed_dim=(0.5, 1.0))
     with pytest.raises(ConversionError, match=r"an `overrides` entry for embed_dim asks .*HINT"):
-        to_supernet(model, overrides={"embed_dim": [16]})
-    net = to_supernet(model)  # the other dims still work
+        to_supernet(model, adapter="timm-vit", overrides={"embed_dim": [16]})
+    net = to_supernet(model, adapter="timm-vit")  # the other dims still work
     assert "embed_dim" not in net.space and "depth" in net.space
 
 

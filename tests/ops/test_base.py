@@ -84,3 +84,23 @@ def test_adopt_keeps_hooks_and_attributes():
     op = ElasticLinear.from_module(lin, out_axis=ElasticDim("o", [2, 4], 4))
     op(torch.randn(1, 3))
     assert calls == [torch.Size([1, 4])] and op.custom == "kept"
+
+
+def test_deepcopy_after_load_state_dict_following_a_no_grad_subnet_forward():
+    """An EMA teacher copied from a restored supernet: the per-select cache of no-grad slices must not be copied."""
+    import copy
+
+    import timm
+
+    from lightning_elastic import to_supernet
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
+    net = to_supernet(model, width=(0.5, 1.0))
+    net.select(net.space.min_config())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(x)  # materialises the cached slices
+    model.load_state_dict(copy.deepcopy(model.state_dict()))
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x))

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from lightning_elastic import ConfigError
-from lightning_elastic.search.predictors import PREDICTORS, Predictor, base_columns, features, kendall_tau, make_regressor
+from lightning_elastic.search.predictors import (
+    PREDICTORS,
+    Predictor,
+    base_columns,
+    features,
+    kendall_tau,
+    make_regressor,
+)
 from tests.search import _synthetic as syn
 
 
