@@ -31,11 +31,11 @@ from lightning_elastic.adapters.base import Adapter, ConversionPlan
 from lightning_elastic.adapters.graph.spaces import ChannelGraph, Member
 from lightning_elastic.adapters.graph.trace import trace_channels
 from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out, op_class
+from lightning_elastic.adapters.registry import register_adapter
 from lightning_elastic.adapters.timm_resnet import _in_chans, build_timm
 from lightning_elastic.core.config import SearchSpaceConfig, check_explicit_fields, resolve_choices
 from lightning_elastic.core.dims import ChannelGroup, ElasticDim
 from lightning_elastic.core.errors import ConversionError
-from lightning_elastic.core.registry import register_adapter
 from lightning_elastic.ops.base import Axis
 from lightning_elastic.ops.depth import ElasticModuleList, ElasticSequential
 from lightning_elastic.ops.params import ElasticParams

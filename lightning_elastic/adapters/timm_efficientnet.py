@@ -30,11 +30,11 @@ from torch import nn
 
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
 from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out, op_class
+from lightning_elastic.adapters.registry import register_adapter
 from lightning_elastic.adapters.timm_resnet import _in_chans, build_timm
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConversionError
-from lightning_elastic.core.registry import register_adapter
 from lightning_elastic.ops.conv import ElasticConv2d
 from lightning_elastic.ops.depth import ElasticSequential
 
@@ -121,7 +121,7 @@ class TimmEfficientNetAdapter(Adapter):
                     raise ConversionError(
                         f"{prefix} is a {type(block).__name__}; the timm-efficientnet adapter supports "
                         f"{_SUPPORTED_BLOCKS}. HINT: convert it with adapter='generic' (graph-based), or register an "
-                        "adapter for this block type (lightning_elastic.core.registry.register_adapter)."
+                        "adapter for this block type (lightning_elastic.adapters.registry.register_adapter)."
                     )
         self._emit(plan, specs)
         return plan

@@ -19,10 +19,10 @@ from torch import nn
 
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
 from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out
+from lightning_elastic.adapters.registry import register_adapter
 from lightning_elastic.core.config import SearchSpaceConfig, check_explicit_fields, resolve_choices
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConversionError
-from lightning_elastic.core.registry import register_adapter
 from lightning_elastic.ops.depth import ElasticSequential
 
 AUTO_WIDTH = (0.5, 0.75, 1.0)

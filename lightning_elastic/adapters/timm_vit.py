@@ -42,10 +42,10 @@ from torch import nn
 
 from lightning_elastic.adapters.base import Adapter, ConversionPlan, LayerStack
 from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out
+from lightning_elastic.adapters.registry import register_adapter
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConfigError, ConversionError, ExportError
-from lightning_elastic.core.registry import register_adapter
 from lightning_elastic.ops.base import Axis, ElasticOp, as_axis
 from lightning_elastic.ops.depth import ElasticSequential
 from lightning_elastic.ops.rmsnorm import ElasticRMSNorm

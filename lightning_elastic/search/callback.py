@@ -40,9 +40,11 @@ class SubnetSearch(Callback):
         sampler: ``"nsga2"`` (default), ``"nsga3"``, ``"tpe"`` or ``"gp"``.
         rounds: LINAS rounds after the initial random sample; each evaluates ``(num_evals - initial) / rounds``.
         initial: LINAS initial random evaluations (default ``max(8, num_evals // 5)``, max and min subnets first).
-        predictors: scikit-learn regressors tried by cross-validation each round (``ridge``, ``extra_trees``,
-            ``random_forest``, ``gradient_boosting``, ``mlp``, ``gp``). ``gp`` is not a default: its fit grows
-            cubically with the evaluations and dominated the search overhead past ~100 of them (benchmarks/search.md).
+        predictors: scikit-learn regressors tried by cross-validation each round (``ridge``, ``ordinal``,
+            ``monotone``, ``extra_trees``, ``random_forest``, ``gradient_boosting``, ``mlp``, ``gp``; docs/search.md).
+            ``gp`` is not a default: its fit grows cubically with the evaluations and dominated the search overhead
+            past ~100 of them (benchmarks/search.md). ``("ridge", "monotone")`` ranks best from 16-32 evaluations
+            when a bigger subnet is (nearly) never worse.
         predictor_trials: sampler trials on the predictors per round (cheap: no real evaluation; each costs
             an Optuna ask/tell and a predictor call). population_size: NSGA-II/III population.
         export_top: how many front subnets to export to ``output_dir/subnets/``.

@@ -81,8 +81,8 @@ def restore_from_checkpoint(pl_module: Any, ckpt: dict[str, Any], ckpt_path: str
 
 
 def _first_convertible(pl_module: Any) -> torch.nn.Module:
+    from lightning_elastic.adapters.registry import find_adapter
     from lightning_elastic.core.errors import UnsupportedModelError
-    from lightning_elastic.core.registry import find_adapter
 
     for _, sub in pl_module.named_modules():
         try:

@@ -33,7 +33,7 @@ from lightning_elastic.ops.base import ElasticOp
 from lightning_elastic.ops.conv import ElasticConv2d
 from lightning_elastic.ops.depth import _DepthMixin
 from lightning_elastic.ops.linear import ElasticLinear
-from lightning_elastic.search.costs import CONVS, ExportedSizes, Terms, Trace, trace
+from lightning_elastic.search.cost_trace import CONVS, ExportedSizes, Terms, Trace, trace
 
 _MATMULS = {torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm}
 #: traced forwards a table may take to build before a model is counted the slow way instead

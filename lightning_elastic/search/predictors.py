@@ -1,8 +1,9 @@
 """Lightly trained predictors of a subnet's metrics from its config encoding (scikit-learn).
 
-Features are each dim's choice in an *ordinal* (thermometer) encoding plus the exact log-params and log-MACs (cheap
-to count, and the strongest single signal for accuracy). For each predicted quantity several small regressors are
-cross-validated and the one with the best out-of-fold Kendall tau (ties: lower MAE) is refit on all data. Its
+Features (:func:`features`) are each dim's choice rank in [0, 1], the exact log-params and log-MACs (cheap to count,
+and the strongest single signal for accuracy), then each dim's choice in an ordinal (thermometer) encoding; each
+regressor reads the columns that suit it (:func:`make_regressor`). For each predicted quantity several small regressors
+are cross-validated and the one with the best out-of-fold Kendall tau (ties: lower MAE) is refit on all data. Its
 out-of-fold tau and MAE are the reported quality: each prediction comes from a model that never saw that subnet.
 """
 

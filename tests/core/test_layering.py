@@ -7,8 +7,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[2] / "lightning_elastic"
 
 #: the layer of each top-level part (higher may import lower or equal-package, never higher; equal layers are
@@ -25,15 +23,6 @@ LAYERS = {
     "data": 5,  # its text data modules load tokenizers through modules.pretrained
     "search": 5,  # measures with training's BatchNorm recalibration
     "cli": 6,
-}
-#: modules still allowed to break the order, and why; an entry must go as soon as its module is fixed (checked)
-PENDING = {
-    "lightning_elastic.core.registry": "transitional alias of adapters.registry until every importer switched",
-}
-#: import cycles still allowed (as sorted module lists), and why; checked like PENDING
-PENDING_CYCLES = {
-    ("lightning_elastic.search.cost_tables", "lightning_elastic.search.costs"): "costs imports cost_tables, which "
-                                                                                "imports costs back",
 }
 
 
@@ -76,11 +65,9 @@ def _graph() -> dict[str, list[tuple[int, str]]]:
     return {_module_name(p): _imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def layer_violations(graph: dict[str, list[tuple[int, str]]], pending: dict[str, str] | None = None) -> list[str]:
+def layer_violations(graph: dict[str, list[tuple[int, str]]]) -> list[str]:
     bad = []
     for module, imports in graph.items():
-        if module in (pending or {}):
-            continue
         mine = _part(module)
         for line, target in sorted(set(imports)):
             theirs = _part(target)
@@ -117,23 +104,11 @@ def test_every_part_has_a_layer():
 
 
 def test_no_module_imports_a_higher_layer():
-    assert layer_violations(_graph(), PENDING) == []
+    assert layer_violations(_graph()) == []
 
 
 def test_no_import_cycles():
-    assert [c for c in import_cycles(_graph()) if tuple(sorted(set(c))) not in PENDING_CYCLES] == []
-
-
-@pytest.mark.parametrize("module", sorted(PENDING))
-def test_pending_exceptions_are_still_needed(module):
-    # an exception must not outlive its reason: remove the entry once the module is fixed or gone
-    graph = _graph()
-    assert module in graph and any(v.startswith(f"{module}:") for v in layer_violations(graph)), PENDING[module]
-
-
-@pytest.mark.parametrize("cycle", sorted(PENDING_CYCLES))
-def test_pending_cycles_are_still_needed(cycle):
-    assert cycle in {tuple(sorted(set(c))) for c in import_cycles(_graph())}, PENDING_CYCLES[cycle]
+    assert import_cycles(_graph()) == []
 
 
 def test_the_checks_see_function_level_and_type_checking_imports():

@@ -19,6 +19,7 @@ from lightning_elastic.search.claims import claims_of
 from lightning_elastic.search.loop import SearchLoop
 from lightning_elastic.search.measure import config_key
 from lightning_elastic.search.objectives import parse_objectives
+from lightning_elastic.search.predictors import features
 from tests._models import TinyMLP, TinyMLPAdapter
 
 OBJ = parse_objectives(["val_acc:max", "macs:min"])
@@ -155,6 +156,10 @@ def test_rekey_moves_or_drops_a_claim():
 def test_features_of_one_network_are_one_vector():
     space = _space()
     a, b, canon = _pair(space)
-    assert space.encode(a) == space.encode(b) == space.encode(canon)
+    costs = {"params": 1.0, "macs": 1.0}
+    # the loop encodes canonical configs (SearchLoop._data / _predictor_search): one network, one predictor input
+    assert features(space, space.canonical(a), costs) == features(space, space.canonical(b), costs) == \
+        features(space, canon, costs)
+    assert features(space, a, costs) != features(space, b, costs)  # the raw configs do differ
     gen = torch.Generator().manual_seed(0)
     assert all(space.is_canonical(space.sample(gen)) for _ in range(20))
