@@ -272,9 +272,10 @@ def _active_mask(op: ElasticOp, name: str, tensor: torch.Tensor) -> torch.Tensor
     that override ``_slice`` (fused QKV with GQA, concatenated pieces) are covered without knowing their layout.
     """
     leaf = tensor.detach().requires_grad_(True)
-    saved = getattr(op, name)
+    store = op._parameters if name in op._parameters else op._buffers
+    saved = store[name]  # the stored tensor itself: ``getattr`` may serve the active slice (ElasticParams)
     try:
-        _set_tensor(op, name, leaf)
+        store[name] = leaf  # written into the dict: bypasses nn.Module's Parameter type check for the probe leaf
         with torch.enable_grad():
             sliced = op._slice(name)
             crop = getattr(op, "_crop_kernel", None)
@@ -282,15 +283,8 @@ def _active_mask(op: ElasticOp, name: str, tensor: torch.Tensor) -> torch.Tensor
                 sliced = crop(sliced)  # a plain centre crop (kernel transforms mix the whole centre instead)
             (grad,) = torch.autograd.grad(sliced.sum(), leaf)
     finally:
-        _set_tensor(op, name, saved)
+        store[name] = saved
     return grad != 0
-
-
-def _set_tensor(op: ElasticOp, name: str, value: torch.Tensor) -> None:
-    if name in op._parameters:
-        op._parameters[name] = value  # bypasses nn.Module's Parameter type check for the probe leaf
-    else:
-        op._buffers[name] = value
 
 
 def _check_gradients(net: Supernet, cfg: dict[str, int], args: tuple, kwargs: dict) -> int:

@@ -297,6 +297,37 @@ class GenericAdapter(Adapter):
     def build_original(self, meta: dict[str, Any]) -> nn.Module:
         return build_timm(meta)
 
+    def finalize_export(self, model: nn.Module, supernet: Any, cfg: dict[str, int]) -> None:
+        fix_timm_widths(model)
+
+
+def fix_timm_widths(model: nn.Module) -> None:
+    """Set a timm export's ``num_features`` / ``head_hidden_size`` (and the last ``feature_info`` entry) to the
+    widths its forward now produces, so ``reset_classifier``, ``forward_head(pre_logits=True)`` and heads users build
+    on ``num_features`` see the subnet's width, not the supernet's. Read off one no-grad forward at the tracing size."""
+    if not hasattr(model, "num_features") or not hasattr(model, "forward_features"):
+        return
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            features = model.forward_features(example_input(model)[:1])
+            pre_logits = model.forward_head(features, pre_logits=True) if hasattr(model, "forward_head") else None
+    except Exception:  # noqa: BLE001 - a model whose head cannot be probed keeps its attributes (as timm built them)
+        return
+    finally:
+        model.train(training)
+    if isinstance(features, torch.Tensor) and features.dim() >= 2:
+        nhwc = features.dim() != 4 or str(getattr(model, "output_fmt", "NCHW")).upper() == "NHWC"
+        width = int(features.shape[-1] if nhwc else features.shape[1])
+        old = model.num_features
+        model.num_features = width
+        info = getattr(model, "feature_info", None)
+        if isinstance(info, list) and info and isinstance(info[-1], dict) and info[-1].get("num_chs") == old:
+            info[-1]["num_chs"] = width
+    if isinstance(pre_logits, torch.Tensor) and hasattr(model, "head_hidden_size"):
+        model.head_hidden_size = int(pre_logits.shape[-1])
+
 
 def _failing_dims(model: nn.Module, plan: ConversionPlan, example: torch.Tensor) -> dict[str, str]:
     """Elastic dims at whose smallest value the planned supernet cannot run ``example`` (on a copy of ``model``)."""

@@ -106,6 +106,32 @@ def test_table(name, px, kinds, adapter):
         assert report.supernet.adapter.name == "generic"
     got = {d.kind for d in report.supernet.space}
     assert kinds <= got, f"{name}: dims of kinds {sorted(kinds - got)} missing (got {sorted(got)})"
+    net = report.supernet
+    timm_model_checks(net.export(net.space.min_config(), calibration_data="current"), px)
+
+
+def timm_model_checks(model: torch.nn.Module, px: int) -> None:
+    """What timm's own model tests check of a model, on an exported subnet: its cfg and class count, forward ==
+    forward_head(forward_features), ``head_hidden_size`` / ``num_features`` matching the pre-logits width, ``reset_classifier(0)``, and a
+    backward that reaches every parameter."""
+    assert isinstance(model.pretrained_cfg, dict) and model.num_classes == 5
+    x = torch.randn(2, 3, px, px)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (2, 5) and torch.isfinite(out).all()
+        features = model.forward_features(x)
+        torch.testing.assert_close(model.forward_head(features), out, rtol=1e-4, atol=1e-4)
+        width = getattr(model, "head_hidden_size", None) or model.num_features  # a conv head widens pre-logits
+        assert model.forward_head(features, pre_logits=True).shape[-1] == width
+    model.train()
+    model(x).pow(2).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without a gradient: {missing[:5]}"
+    model.reset_classifier(0)
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == (2, width)
 
 
 @pytest.mark.parametrize(("name", "px", "text"), REFUSED, ids=[r[0] for r in REFUSED])
