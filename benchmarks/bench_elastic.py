@@ -9,7 +9,7 @@
 Every ratio row is a pair of callables timed alternately (A B B A …) so drift on a shared machine hits both; each
 table also carries an A/A row (the baseline against a copy of itself), whose spread is the noise floor.
 
-Run:  .venv/bin/python benchmarks/bench_elastic.py --threads 1 [--quick] [--families resnet,mobilenetv3,vit] [--out r.json]
+Run:  .venv/bin/python benchmarks/bench_elastic.py --threads 1 [--quick] [--families resnet,mobilenetv3,vit,convnext-generic,vit-generic] [--out r.json]
 Tables: .venv/bin/python benchmarks/bench_elastic.py --markdown r.json
 """
 
@@ -35,7 +35,12 @@ FAMILIES = {
     "resnet": ("resnet18", {}),
     "mobilenetv3": ("mobilenetv3_large_100", {}),
     "vit": ("vit_tiny_patch16_224", {"img_size": 64}),
+    # converted by the generic (graph) adapter
+    "convnext-generic": ("convnext_atto", {}),
+    "vit-generic": ("vit_tiny_patch16_224", {"img_size": 64}),
 }
+#: families converted with a forced adapter instead of auto-detection
+ADAPTER = {"vit-generic": "generic"}
 
 
 def paired(a: Callable[[], object], b: Callable[[], object], repeats: int, iters: int) -> tuple[float, float, float]:
@@ -107,7 +112,7 @@ def bench_family(family: str, args, rows: list[dict]) -> None:
     original, info = build(family)
     model = copy.deepcopy(original)
     try:
-        net = to_supernet(model)
+        net = to_supernet(model, adapter=ADAPTER.get(family))
     except Exception as err:  # an adapter still being written: say so instead of failing the whole run
         row(rows, table="skip", model=info["name"], reason=f"{type(err).__name__}: {err}"[:200])
         return
@@ -116,7 +121,7 @@ def bench_family(family: str, args, rows: list[dict]) -> None:
     exported_min = net.export(min_cfg)
     xb = torch.randn(args.batch, 3, res, res)
     yb = torch.randint(0, 10, (args.batch,))
-    name = info["name"]
+    name = info["name"] + (f" ({net.adapter.name})" if family.endswith("-generic") else "")
 
     # (a) training: A/A, max ÷ original, min ÷ export
     twin = copy.deepcopy(original)
