@@ -130,10 +130,13 @@ def to_supernet(model: nn.Module, config: SearchSpaceConfig | None = None, adapt
     changed; on SmolLM2-135M eight batches of 8 x 64 tokens cost a few seconds on two CPU cores.
 
     Args:
-        model: a supported model (timm ResNet / EfficientNet / MobileNetV3 / ViT, HF BERT / Llama / ViT, peft LoRA).
+        model: a timm / torchvision CNN or ViT, a Hugging Face transformer, or a peft LoRA model over one (see the
+            README's table of adapters).
         config: the search space to build; defaults to the family's paper space. Keyword arguments are a shortcut
             for ``SearchSpaceConfig(**kwargs)``.
-        adapter: force an adapter (name or instance) instead of auto-detection; it must match the model.
+        adapter: force an adapter (name or instance) instead of auto-detection; it must match the model. Without it
+            the matching adapters are tried in registration order (family adapters first, ``generic`` last) and the
+            first that can plan the model converts it.
         calibration_data: an iterable of batches of real inputs (a train dataloader, a list of tokenizer outputs),
             moved to the model's device; padding tokens (``attention_mask == 0``) are left out of every score.
         forward_fn: ``(model, batch) -> output``; default: a Tensor, the first element of a tuple, or dict keyword
