@@ -287,43 +287,9 @@ class SearchLoop:
         if not order:  # nothing predicted feasible: the least violating candidates show where the boundary is
             order = np.argsort(viol)[:batch].tolist()
         chosen = [cfgs[i] for i in order]
-        k = int(__import__("os").environ.get("NB", "0"))
-        if k:
-            extra = self._front_neighbours(predictors, taken | {config_key(c) for c in chosen[:max(0, batch - k)]}, k)
-            chosen = chosen[:batch - len(extra)] + extra
         for cfg, predicted in zip(chosen, self._predict(predictors, chosen)):
             self._predicted_for[config_key(cfg)] = {n: predicted[n] for n in self.predicted}
         return chosen
-
-    def _front_neighbours(self, predictors: Mapping[str, Predictor], taken: set[str], k: int) -> list[ArchConfig]:
-        sign = np.array([1.0 if o.direction == "min" else -1.0 for o in self.objectives])
-        cfgs, pts = [], []
-        for t in st.real_trials(self.study):
-            m = t.user_attrs.get("measured", {})
-            if all(o.name in m for o in self.objectives):
-                cfgs.append(self.space.canonical({**self.space.max_config(), **t.params}))
-                pts.append(sign * np.array([m[o.name] for o in self.objectives], dtype=float))
-        if not pts:
-            return []
-        front = [cfgs[i] for i in np.flatnonzero(non_dominated_ranks(np.array(pts)) == 0)]
-        seen, cands = set(taken), []
-        for cfg in front:
-            for d in self.space.elastic_dims:
-                ch = sorted(d.choices)
-                i = ch.index(cfg[d.name])
-                for j in (i - 1, i + 1):
-                    if 0 <= j < len(ch):
-                        n = self.space.canonical({**cfg, d.name: ch[j]})
-                        key = config_key(n)
-                        if key not in seen:
-                            seen.add(key)
-                            cands.append(n)
-        if not cands:
-            return []
-        vals = np.array([[s * p[o.name] for s, o in zip(sign, self.objectives)] for p in self._predict(predictors, cands)])
-        ranks = non_dominated_ranks(vals)
-        order = np.lexsort((vals[:, 0], ranks))
-        return [cands[i] for i in order[:k]]
 
     def _predictor_search(self, predictors: Mapping[str, Predictor]) -> dict[str, tuple]:
         """Run the Optuna sampler on the predictors; returns ``{key: (cfg, min-form values, violations)}``."""
