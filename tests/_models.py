@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
+from lightning_elastic.adapters.kit import OpSpecs, couple_in, couple_out
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.ops.depth import ElasticSequential
