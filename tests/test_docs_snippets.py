@@ -121,18 +121,14 @@ def test_python_snippets_run(name, tmp_path, monkeypatch):
 
 def test_every_test_cited_in_bad_inputs_exists():
     """docs/bad_inputs.md names a test for every bad input; a renamed or deleted test must not leave a stale row."""
-    import re
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
     cited, missing = 0, []
-    for line in (root / "docs" / "bad_inputs.md").read_text().splitlines():
+    for line in (ROOT / "docs" / "bad_inputs.md").read_text().splitlines():
         if not line.startswith("|"):
             continue
         current = None
         for match in re.finditer(r"`([\w/]+\.py)?::(\w+)", line.rstrip("|").split("|")[-1]):
             current = match.group(1) or current
-            path = root / "tests" / (current or "")
+            path = ROOT / "tests" / (current or "")
             cited += 1
             if current is None or not path.is_file() or not re.search(rf"def {match.group(2)}\b", path.read_text()):
                 missing.append(f"{current}::{match.group(2)}")
