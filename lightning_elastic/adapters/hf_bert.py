@@ -21,9 +21,8 @@ from torch import nn
 
 from lightning_elastic.adapters._hf import Layout
 from lightning_elastic.adapters.hf_base import HFTransformerAdapter, find_module, has_submodules
-from lightning_elastic.adapters.hf_generic import discover_layout
+from lightning_elastic.adapters.hf_generic import family_layout
 from lightning_elastic.adapters.registry import register_adapter
-from lightning_elastic.core.errors import ConversionError
 
 _BERT = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
          "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
@@ -49,11 +48,8 @@ def bert_layout(model: nn.Module) -> Layout | None:
         return None
     if len(layers) == 0:
         return None
-    try:
-        layout = discover_layout(model)
-    except ConversionError:
-        return None  # the generic adapter explains what blocks it
-    if layout is None or layout.more_stacks or find_module(model, layers) != layout.layers:
+    layout = family_layout(model, layers)
+    if layout is None:
         return None
     if getattr(emb, "embedding_size", layout.hidden) != layout.hidden or hasattr(base, "embeddings_project"):
         prefix = find_module(model, base) or ""

@@ -233,6 +233,20 @@ def _parents(model: nn.Module, name: str) -> list[nn.Module]:
     return [model.get_submodule(".".join(parts[:i])) for i in range(1, len(parts))]
 
 
+def family_layout(model: nn.Module, layers: nn.Module | None = None) -> Layout | None:
+    """The discovered layout if it is one stack (found at ``layers`` when given), else None: what a family adapter's
+    ``layout`` starts from. Anything else is left to ``hf-generic``, whose error explains what blocks it."""
+    try:
+        layout = discover_layout(model)
+    except ConversionError:
+        return None
+    if layout is None or layout.more_stacks:
+        return None
+    if layers is not None and find_module(model, layers) != layout.layers:
+        return None
+    return layout
+
+
 def discover_layout(model: nn.Module) -> Layout | None:
     """The layout of any HF transformer, found from structure (see the module doc); None without a layer stack.
 

@@ -30,12 +30,11 @@ from torch import nn
 from lightning_elastic.adapters._hf import OWN_CONFIG, Layout
 from lightning_elastic.adapters.hf_base import (
     HFTransformerAdapter,
-    find_module,
     has_submodules,
 )
-from lightning_elastic.adapters.hf_generic import discover_layout
+from lightning_elastic.adapters.hf_generic import family_layout
 from lightning_elastic.adapters.registry import register_adapter
-from lightning_elastic.core.errors import ConfigError, ConversionError
+from lightning_elastic.core.errors import ConfigError
 
 _LAYER = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
           "mlp.up_proj", "mlp.down_proj", "input_layernorm", "post_attention_layernorm")
@@ -54,11 +53,8 @@ def llama_layout(model: nn.Module) -> Layout | None:
         return None
     if not all(has_submodules(layer, _LAYER) or has_submodules(layer, _FUSED) for layer in layers):
         return None
-    try:
-        layout = discover_layout(model)
-    except ConversionError:
-        return None  # the generic adapter explains what blocks it
-    if layout is None or layout.more_stacks or find_module(model, layers) != layout.layers:
+    layout = family_layout(model, layers)
+    if layout is None:
         return None
     for la in layout.layer_list:
         if la.attn is not None and la.attn.fused:

@@ -17,9 +17,8 @@ from torch import nn
 
 from lightning_elastic.adapters._hf import Layout
 from lightning_elastic.adapters.hf_base import HFTransformerAdapter
-from lightning_elastic.adapters.hf_generic import discover_layout
+from lightning_elastic.adapters.hf_generic import family_layout
 from lightning_elastic.adapters.registry import register_adapter
-from lightning_elastic.core.errors import ConversionError
 
 
 def vit_layout(model: nn.Module) -> Layout | None:
@@ -27,11 +26,8 @@ def vit_layout(model: nn.Module) -> Layout | None:
     base = getattr(model, "base_model", model)
     if not hasattr(getattr(base, "embeddings", None), "patch_embeddings"):
         return None
-    try:
-        layout = discover_layout(model)
-    except ConversionError:
-        return None  # not a ViT block: the generic adapter explains why
-    if layout is None or layout.more_stacks or any(la.attn is None or la.cross for la in layout.layer_list):
+    layout = family_layout(model)
+    if layout is None or any(la.attn is None or la.cross for la in layout.layer_list):
         return None  # Swin-like stages, ConvNeXt blocks: not this family
     layout.family = "vit"
     return layout
