@@ -174,10 +174,6 @@ class ElasticOp:
         plan.cache[names] = (sources, key, out)  # the sources are held so that their ids cannot be reused
         return out
 
-    def _clear_cache(self) -> None:
-        """Drop the per-select state and materialised slices (they are rebuilt on the next forward)."""
-        self.__dict__.pop("_plan_memo", None)
-
     def export_module(self) -> nn.Module:
         """A plain module of the original class with physically smaller tensors for the active sizes.
 

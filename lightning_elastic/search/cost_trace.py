@@ -165,10 +165,7 @@ class ExportedSizes:
     """Parameter sizes of exported subnets, from exports of a copy of the model on the meta device (no memory)."""
 
     def __init__(self, supernet: Any) -> None:
-        model = supernet.model
-        for m in model.modules():
-            if isinstance(m, ElasticOp):
-                m._clear_cache()  # materialised slices would be deep-copied with their data
+        model = supernet.model  # ops' materialised slices are not deep-copied (``ops.base._Plan.__deepcopy__``)
         memo: dict[int, Any] = {}
         for t in [*model.parameters(), *model.buffers()]:
             meta = torch.empty_like(t, device="meta")

@@ -148,10 +148,7 @@ def export_subnet(supernet: SupernetView, cfg: Mapping[str, int], holder_attr: s
                   calibration_batches: int = 10, forward_fn: ForwardFn | None = None) -> nn.Module:
     """The plain export of ``cfg`` (already validated); see the module doc and :meth:`Supernet.export`."""
     check_calibration_args(calibration_data, calibration_batches, forward_fn)
-    model = supernet.model
-    for module in model.modules():  # per-select inference caches: not part of the export, and views that a
-        if isinstance(module, ElasticOp):  # deepcopy refuses once their base was loaded in place (load_state_dict)
-            module._clear_cache()
+    model = supernet.model  # ops' per-select caches are not deep-copied (``ops.base._Plan.__deepcopy__``)
     with supernet.subnet(cfg), own_state_detached(model, holder_attr):
         clone = copy.deepcopy(model)
     if batchnorm_modules(clone):
