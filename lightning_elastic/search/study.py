@@ -344,15 +344,9 @@ def _running_trial(study: optuna.Study, params: Mapping[str, int], dists: Mappin
         number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
         datetime_complete=None, params=dict(params), distributions={k: dists[k] for k in params},
         user_attrs={"config_key": key, "worker": _worker()}, system_attrs={}, intermediate_values={}, trial_id=-1)
-    if _rdb(study) is not None:
+    if _fast.rdb_backend(study) is not None:
         return _fast.create(study, template)
     return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template_trial=template))
-
-
-def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage | None:
-    """The RDB storage under ``study`` (None: in memory, or a storage kind this module does not write directly)."""
-    backend = getattr(study._storage, "_backend", study._storage)
-    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
 def _skip(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:

@@ -29,8 +29,11 @@ from optuna.trial import FrozenTrial, TrialState
 _MARK = "_lightning_elastic_fast"
 
 
-def _backend(study: optuna.Study) -> optuna.storages.RDBStorage:
-    return getattr(study._storage, "_backend", study._storage)
+def rdb_backend(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The RDB storage under ``study`` (Optuna wraps it in a caching layer); None for in-memory and other storages,
+    which this module does not write directly."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
 def create(study: optuna.Study, template: FrozenTrial) -> optuna.Trial:
@@ -38,7 +41,7 @@ def create(study: optuna.Study, template: FrozenTrial) -> optuna.Trial:
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    backend = _backend(study)
+    backend = rdb_backend(study)
     with _create_scoped_session(backend.scoped_session) as session:
         # the study row lock that Optuna takes too: trial numbers are counted, not a sequence
         models.StudyModel.find_or_raise_by_id(study._study_id, session, for_update=True)
@@ -90,7 +93,7 @@ def complete(study: optuna.Study, trial: optuna.Trial, user_attrs: Mapping[str, 
     frozen.user_attrs.update(user_attrs)
     frozen.system_attrs.update(system_attrs)
     study.sampler.after_trial(study, frozen, TrialState.COMPLETE, list(values))  # as study.tell does
-    with _create_scoped_session(_backend(study).scoped_session) as session:
+    with _create_scoped_session(rdb_backend(study).scoped_session) as session:
         row = models.TrialModel.find_or_raise_by_id(trial._trial_id, session, for_update=True)
         if row.state.is_finished():
             return False
