@@ -57,6 +57,19 @@ def as_axis(value: ElasticDim | Axis | None) -> Axis | None:
     return Axis(value)
 
 
+def weight_bias_slices(out_axis: Axis | None, in_axis: Axis | None, *, weight_out: int = 0,
+                       weight_in: int = 1) -> dict[str, list[tuple[int, Axis]]]:
+    """``_slices`` of a weight + bias layer: the output axis slices the weight's ``weight_out`` axis and the bias, the
+    input axis the weight's ``weight_in`` axis (GPT-2's ``Conv1D`` stores its weight transposed: 1 and 0)."""
+    weight, bias = [], []
+    if out_axis is not None:
+        weight.append((weight_out, out_axis))
+        bias.append((0, out_axis))
+    if in_axis is not None:
+        weight.append((weight_in, in_axis))
+    return {"weight": weight, "bias": bias}
+
+
 class _Plan:
     """What an op's forward needs for the current ``select``: built once per dims generation (see the module doc)."""
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConversionError
-from lightning_elastic.ops.base import Axis, ElasticOp, as_axis
+from lightning_elastic.ops.base import Axis, ElasticOp, as_axis, weight_bias_slices
 
 
 class ElasticConv2d(nn.Conv2d, ElasticOp):
@@ -54,13 +54,8 @@ class ElasticConv2d(nn.Conv2d, ElasticOp):
         new.in_axis, new.out_axis = as_axis(in_axis), as_axis(out_axis)
         new.depthwise = depthwise
         new.kernel_dim = kernel_dim
-        w, b = [], []
-        if new.out_axis is not None:
-            w.append((0, new.out_axis))
-            b.append((0, new.out_axis))
-        if new.in_axis is not None and not depthwise:
-            w.append((1, new.in_axis))
-        new._slices = {"weight": w, "bias": b}
+        # a depthwise conv's weight has one input channel per group: its channels follow the output axis only
+        new._slices = weight_bias_slices(new.out_axis, None if depthwise else new.in_axis)
         new._kernel_transform = bool(kernel_transform and kernel_dim is not None)
         if new._kernel_transform:
             for ks in kernel_dim.choices[:-1]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from lightning_elastic.core.dims import ElasticDim
 from lightning_elastic.core.errors import ConversionError
-from lightning_elastic.ops.base import Axis, ElasticOp, as_axis
+from lightning_elastic.ops.base import Axis, ElasticOp, as_axis, weight_bias_slices
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -41,13 +41,7 @@ class ElasticConv1D(nn.Module, ElasticOp):
             )
         new = cls._adopt(module)
         new.in_axis, new.out_axis = as_axis(in_axis), as_axis(out_axis)
-        w, b = [], []
-        if new.out_axis is not None:
-            w.append((1, new.out_axis))
-            b.append((0, new.out_axis))
-        if new.in_axis is not None:
-            w.append((0, new.in_axis))
-        new._slices = {"weight": w, "bias": b}
+        new._slices = weight_bias_slices(new.out_axis, new.in_axis, weight_out=1, weight_in=0)
         return new
 
     def forward(self, x):

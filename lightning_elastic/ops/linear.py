@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_elastic.core.dims import ElasticDim
-from lightning_elastic.ops.base import Axis, ElasticOp, as_axis
+from lightning_elastic.ops.base import Axis, ElasticOp, as_axis, weight_bias_slices
 
 
 class ElasticLinear(nn.Linear, ElasticOp):
@@ -27,13 +27,7 @@ class ElasticLinear(nn.Linear, ElasticOp):
                     out_axis: ElasticDim | Axis | None = None) -> ElasticLinear:
         new = cls._adopt(module)
         new.in_axis, new.out_axis = as_axis(in_axis), as_axis(out_axis)
-        w, b = [], []
-        if new.out_axis is not None:
-            w.append((0, new.out_axis))
-            b.append((0, new.out_axis))
-        if new.in_axis is not None:
-            w.append((1, new.in_axis))
-        new._slices = {"weight": w, "bias": b}
+        new._slices = weight_bias_slices(new.out_axis, new.in_axis)
         return new
 
     def forward(self, x):
