@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+from collections.abc import Iterator
 
 from torch import nn
 
@@ -67,21 +68,26 @@ def get_adapter(name: str) -> Adapter:
 
 def find_adapter(model: nn.Module) -> Adapter:
     """The first registered adapter whose ``matches(model)`` is true."""
-    return matching_adapters(model)[0]
+    return next(matching_adapters(model))
 
 
-def matching_adapters(model: nn.Module) -> list[Adapter]:
-    """Every registered adapter whose ``matches(model)`` is true, in registration order (family adapters first, the
-    generic graph adapter last); raises :class:`UnsupportedModelError` if there is none."""
+def matching_adapters(model: nn.Module) -> Iterator[Adapter]:
+    """The registered adapters whose ``matches(model)`` is true, in registration order (family adapters first, the
+    generic graph adapter last), each asked only when the previous one was taken; raises
+    :class:`UnsupportedModelError` on the first step if there is none."""
     _load()
-    found = [adapter for adapter in _ADAPTERS.values() if adapter.matches(model)]
+    found = False
+    for adapter in list(_ADAPTERS.values()):
+        if adapter.matches(model):
+            found = True
+            yield adapter
     if found:
-        return found
+        return
     supported = "\n".join(f"  - {a.name}: {a.supported}" for a in _ADAPTERS.values())
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    found = f" (model_type {model_type!r})" if isinstance(model_type, str) else ""
+    kind = f" (model_type {model_type!r})" if isinstance(model_type, str) else ""
     raise UnsupportedModelError(
-        f"no adapter can convert a {type(model).__module__}.{type(model).__name__}{found}. Supported families:\n"
+        f"no adapter can convert a {type(model).__module__}.{type(model).__name__}{kind}. Supported families:\n"
         f"{supported}\nHINT: subclass lightning_elastic.adapters.Adapter and call "
         "lightning_elastic.register_adapter(MyAdapter()); see docs/adding_an_adapter.md."
     )
