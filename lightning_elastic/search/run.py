@@ -13,6 +13,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_elastic.core.distributed import destroy_group_at_exit
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.search import study as st
 from lightning_elastic.search.loop import SearchLoop
@@ -100,6 +101,7 @@ class Ranks:
 
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return cls()
+        destroy_group_at_exit()  # the broadcast below is often this process's last collective
         if trainer is not None and trainer.world_size > 1:
             strategy = trainer.strategy
             return cls(trainer.global_rank, trainer.world_size, strategy.barrier, lambda o: strategy.broadcast(o, 0))

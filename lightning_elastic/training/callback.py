@@ -44,6 +44,7 @@ from typing_extensions import override
 from lightning_elastic.adapters.base import Adapter
 from lightning_elastic.core.checks import check_number
 from lightning_elastic.core.config import SearchSpaceConfig
+from lightning_elastic.core.distributed import destroy_group_at_exit
 from lightning_elastic.core.errors import ConfigError
 from lightning_elastic.supernet.importance import CALIBRATION_BATCHES
 from lightning_elastic.supernet.supernet import Supernet, get_supernet, to_supernet
@@ -226,6 +227,7 @@ class ElasticTraining(Callback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._check_single(trainer)
+        destroy_group_at_exit()  # a CPU DDP child must not finalize with a live gloo group (core/distributed.py)
         if stage == "fit" and not pl_module.automatic_optimization:
             raise ConfigError(
                 f"`{type(pl_module).__name__}.automatic_optimization` is False; ElasticTraining supports automatic "
