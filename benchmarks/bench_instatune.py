@@ -29,6 +29,7 @@ budget within 1 pt of plain. Prints a markdown table and writes ``benchmarks/ins
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import os
@@ -55,7 +56,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--num-random", type=int, default=1, help="random subnets per supernet step")
-    parser.add_argument("--kd-weight", type=float, default=0.5)
+    parser.add_argument("--kd-weight", type=float, nargs="+", default=[0.5],
+                        help="one supernet per value (the baselines are shared)")
+    parser.add_argument("--teacher", choices=("inplace", "finetuned"), nargs="+", default=["inplace"],
+                        help="inplace: the max subnet teaches (InstaTune/BigNAS); finetuned: the plain row's "
+                             "fine-tuned full model is a frozen teacher of every subnet. One supernet per value")
     parser.add_argument("--distill-hidden", type=float, default=0.0, help="hidden-state KD weight (0: off)")
     parser.add_argument("--macs-budget", type=float, default=0.6, help="fraction of the full model's MACs")
     parser.add_argument("--threads", type=int, default=2)
@@ -171,10 +176,40 @@ def standalone_depth(args, dm, orders: dict[str, list[int]], depth: int, folder:
     return accuracy(module.model, dm.test_dataloader()), seconds
 
 
+def train_supernet(args, dm, at_len, full_macs: float, name: str, kd_weight: float, teacher, rows: list[dict]):
+    """One InstaTune supernet (``name`` labels its rows): its max subnet, every depth child and the best child within
+    the MACs budget, each measured on its export. Returns (figures, the supernet's depth orders)."""
+    from lightning_elastic import ElasticTraining, SearchSpaceConfig
+
+    module = classifier(args)
+    elastic = ElasticTraining(SearchSpaceConfig(depth="auto", heads="auto", width="auto"), num_random=args.num_random,
+                              distill="inplace-kl", kd_weight=kd_weight, distill_hidden=args.distill_hidden,
+                              teacher=teacher, bn_calibration_batches=0)
+    seconds = fit(args, module, dm, [elastic])
+    net = elastic.supernet
+    depth_choices = net.space["layers.depth"].choices
+    children = {}
+    for d in depth_choices:
+        model = net.export({**net.max_config(), "layers.depth": d})
+        children[d] = accuracy(model, dm.test_dataloader())
+        rows.append({"row": f"supernet [{name}] " + ("max subnet" if d == max(depth_choices) else f"depth-{d} child"),
+                     "layers": d, "test_acc": children[d], "macs_ratio": round(macs(model, at_len) / full_macs, 3),
+                     **({"train_s": round(seconds, 1)} if d == max(depth_choices) else {})})
+        print(rows[-1], flush=True)
+    best, tried = scan(net, dm, at_len, full_macs, args.macs_budget, 6 if args.quick else None)
+    best_model = net.export(best["config"])
+    best_acc = accuracy(best_model, dm.test_dataloader())
+    rows.append({"row": f"supernet [{name}] best child at <= {args.macs_budget:.0%} MACs (chosen on dev)",
+                 "layers": best["layers"], "heads": best["heads"], "mlp": best["mlp"], "test_acc": best_acc,
+                 "macs_ratio": round(macs(best_model, at_len) / full_macs, 3)})
+    print(rows[-1], flush=True)
+    return ({"children": children, "best_acc": best_acc, "scan": tried, "importance_used": net.importance_used},
+            net.depth_orders())
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    from lightning_elastic import ElasticTraining, SearchSpaceConfig
 
     started = time.perf_counter()
     dm = datamodule(args)
@@ -183,7 +218,8 @@ def main() -> None:
     rows: list[dict] = []
     settings = {**{f"{split}_rows": dm.seq_len_stats(split)["count"] for split in ("train", "val", "test")}, "epochs": args.epochs, "batch_size": 32, "lr": args.lr,
                 "max_length": 64, "padding": "longest", "macs_seq_len": seq_len, "threads": args.threads,
-                "num_random": args.num_random, "kd_weight": args.kd_weight, "distill_hidden": args.distill_hidden}
+                "num_random": args.num_random, "teacher": args.teacher, "kd_weight": args.kd_weight,
+                "distill_hidden": args.distill_hidden}
     print(json.dumps(settings), flush=True)
 
     plain = classifier(args)
@@ -193,34 +229,20 @@ def main() -> None:
     rows.append({"row": "plain fine-tune, full model", "layers": 6, "test_acc": plain_acc, "macs_ratio": 1.0,
                  "train_s": round(seconds, 1)})
     print(rows[-1], flush=True)
-    del plain
 
-    module = classifier(args)
-    elastic = ElasticTraining(SearchSpaceConfig(depth="auto", heads="auto", width="auto"), num_random=args.num_random,
-                              distill="inplace-kl", kd_weight=args.kd_weight, distill_hidden=args.distill_hidden,
-                              bn_calibration_batches=0)
-    seconds = fit(args, module, dm, [elastic])
-    net = elastic.supernet
-    settings["importance_used"] = net.importance_used
-    settings["depth_orders"] = net.depth_orders()
-    depth_choices = net.space["layers.depth"].choices
-    children = {}
-    for d in depth_choices:
-        cfg = {**net.max_config(), "layers.depth": d}
-        model = net.export(cfg)
-        children[d] = accuracy(model, dm.test_dataloader())
-        rows.append({"row": "supernet max subnet" if d == max(depth_choices) else f"supernet depth-{d} child",
-                     "layers": d, "test_acc": children[d], "macs_ratio": round(macs(model, at_len) / full_macs, 3),
-                     **({"train_s": round(seconds, 1)} if d == max(depth_choices) else {})})
-        print(rows[-1], flush=True)
-    best, tried = scan(net, dm, at_len, full_macs, args.macs_budget, 6 if args.quick else None)
-    best_model = net.export(best["config"])
-    best_acc = accuracy(best_model, dm.test_dataloader())
-    rows.append({"row": f"supernet best child at <= {args.macs_budget:.0%} MACs (chosen on dev)",
-                 "layers": best["layers"], "heads": best["heads"], "mlp": best["mlp"], "test_acc": best_acc,
-                 "macs_ratio": round(macs(best_model, at_len) / full_macs, 3)})
-    print(rows[-1], flush=True)
-    del module, elastic, best_model
+    depth_orders, results = None, {}
+    for teacher_kind, kd_weight in itertools.product(args.teacher, args.kd_weight):
+        name = f"{teacher_kind}, kd {kd_weight}"
+        teacher = copy.deepcopy(plain.model) if teacher_kind == "finetuned" else None
+        found, orders = train_supernet(args, dm, at_len, full_macs, name, kd_weight, teacher, rows)
+        results[name] = found
+        settings.setdefault("importance_used", found.pop("importance_used"))
+        if depth_orders not in (None, orders):
+            raise SystemExit(f"the depth orders differ between supernets: {depth_orders} vs {orders}")
+        depth_orders = orders
+    settings["depth_orders"] = depth_orders
+    del plain
+    depth_choices = sorted(next(iter(results.values()))["children"])
 
     standalone = {max(depth_choices): plain_acc}
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,12 +252,16 @@ def main() -> None:
                          "test_acc": standalone[d], "train_s": round(seconds, 1)})
             print(rows[-1], flush=True)
 
-    max_acc = children[max(depth_choices)]
-    targets = {
-        "max >= plain - 0.5 pt": max_acc >= plain_acc - 0.005,
-        **{f"depth-{d} child >= standalone depth {d}": children[d] >= standalone[d] for d in depth_choices[:-1]},
-        f"best child at <= {args.macs_budget:.0%} MACs within 1 pt of plain": best_acc >= plain_acc - 0.01,
-    }
+    targets = {}
+    for name, found in results.items():
+        children = found["children"]
+        targets.update({
+            f"[{name}] max >= plain - 0.5 pt": children[max(depth_choices)] >= plain_acc - 0.005,
+            **{f"[{name}] depth-{d} child >= standalone depth {d}": children[d] >= standalone[d]
+               for d in depth_choices[:-1]},
+            f"[{name}] best child at <= {args.macs_budget:.0%} MACs within 1 pt of plain":
+                found["best_acc"] >= plain_acc - 0.01,
+        })
     print("\n| row | layers | test acc | MACs vs full |\n|---|---|---|---|")
     for r in rows:
         shape = f"{r['layers']}" + (f" ({r['heads']} heads, MLP {r['mlp']})" if "heads" in r else "")
@@ -247,7 +273,8 @@ def main() -> None:
     total = time.perf_counter() - started
     print(f"\n{settings['train_rows']} training rows, {args.epochs} epoch(s), test on {settings['test_rows']} "
           f"sentences, MACs at {seq_len} tokens; {total / 60:.1f} min in all")
-    args.out.write_text(json.dumps({"settings": settings, "rows": rows, "targets": targets, "scan": tried,
+    args.out.write_text(json.dumps({"settings": settings, "rows": rows, "targets": targets,
+                                    "scan": {name: found["scan"] for name, found in results.items()},
                                     "minutes": round(total / 60, 1)}, indent=2, default=str))
     print(f"wrote {args.out}")
 
