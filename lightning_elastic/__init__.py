@@ -19,9 +19,10 @@ from lightning_elastic.core.errors import (
 )
 from lightning_elastic.core.importance import ActivationImportance
 from lightning_elastic.core.space import SearchSpace
+from lightning_elastic.supernet.convert import to_supernet
 from lightning_elastic.supernet.importance import BlockInfluence
 from lightning_elastic.supernet.io import load_subnet, save_subnet
-from lightning_elastic.supernet.supernet import Supernet, find_supernet, get_supernet, require_supernet, to_supernet
+from lightning_elastic.supernet.supernet import Supernet, find_supernet, get_supernet, require_supernet
 
 __version__ = "0.1.0"
 

@@ -23,9 +23,10 @@ from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.errors import ConfigError, ElasticError
 from lightning_elastic.ops.base import ElasticOp
 from lightning_elastic.ops.depth import _DepthMixin
+from lightning_elastic.supernet.convert import to_supernet
 from lightning_elastic.supernet.export import check_plain, is_elastic
 from lightning_elastic.supernet.io import load_subnet, save_subnet
-from lightning_elastic.supernet.supernet import Supernet, to_supernet
+from lightning_elastic.supernet.supernet import Supernet
 
 __all__ = ["AdapterReport", "check_adapter", "float_outputs"]
 

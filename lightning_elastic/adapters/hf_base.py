@@ -13,16 +13,9 @@ from typing import Any
 
 from torch import nn
 
-from lightning_elastic.adapters._hf import (
-    OWN_CONFIG,
-    HFOpSpecs,
-    LayerLayout,
-    Layout,
-    features,
-    is_lora_layer,
-    plan_layout,
-)
+from lightning_elastic.adapters._hf import OWN_CONFIG, HFOpSpecs, plan_layout
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
+from lightning_elastic.adapters.hf_layout import LayerLayout, Layout, features, is_lora_layer
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.ops.depth import ElasticModuleList
 

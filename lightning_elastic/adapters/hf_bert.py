@@ -19,9 +19,9 @@ from typing import Any
 
 from torch import nn
 
-from lightning_elastic.adapters._hf import Layout
 from lightning_elastic.adapters.hf_base import HFTransformerAdapter, find_module, has_submodules
 from lightning_elastic.adapters.hf_generic import family_layout
+from lightning_elastic.adapters.hf_layout import Layout
 from lightning_elastic.adapters.registry import register_adapter
 
 _BERT = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",

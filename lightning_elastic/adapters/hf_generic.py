@@ -1,4 +1,4 @@
-"""Any Hugging Face transformer: the :class:`~lightning_elastic.adapters._hf.Layout` discovered from structure.
+"""Any Hugging Face transformer: the :class:`~lightning_elastic.adapters.hf_layout.Layout` discovered from structure.
 
 Registered after the family adapters (BERT, Llama, ViT), so it handles what they do not: GPT-2, OPT, GPT-NeoX, T5,
 DeBERTa-v2, ModernBERT, CLIP, Swin, ConvNeXt, BART, …
@@ -30,8 +30,16 @@ from typing import Any
 
 from torch import nn
 
-from lightning_elastic.adapters._hf import AttnLayout, LayerLayout, Layout, Stack, features, is_lora_layer, is_rms_norm
 from lightning_elastic.adapters.hf_base import HFTransformerAdapter, find_module
+from lightning_elastic.adapters.hf_layout import (
+    AttnLayout,
+    LayerLayout,
+    Layout,
+    Stack,
+    features,
+    is_lora_layer,
+    is_rms_norm,
+)
 from lightning_elastic.adapters.registry import register_adapter
 from lightning_elastic.core.errors import ConversionError
 from lightning_elastic.ops.conv1d import is_conv1d

@@ -27,12 +27,13 @@ from typing import Any
 
 from torch import nn
 
-from lightning_elastic.adapters._hf import OWN_CONFIG, Layout
+from lightning_elastic.adapters._hf import OWN_CONFIG
 from lightning_elastic.adapters.hf_base import (
     HFTransformerAdapter,
     has_submodules,
 )
 from lightning_elastic.adapters.hf_generic import family_layout
+from lightning_elastic.adapters.hf_layout import Layout
 from lightning_elastic.adapters.registry import register_adapter
 from lightning_elastic.core.errors import ConfigError
 

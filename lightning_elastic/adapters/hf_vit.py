@@ -15,9 +15,9 @@ from typing import Any
 
 from torch import nn
 
-from lightning_elastic.adapters._hf import Layout
 from lightning_elastic.adapters.hf_base import HFTransformerAdapter
 from lightning_elastic.adapters.hf_generic import family_layout
+from lightning_elastic.adapters.hf_layout import Layout
 from lightning_elastic.adapters.registry import register_adapter
 
 

@@ -36,9 +36,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_elastic.adapters._hf import HFOpSpecs, features, is_lora_layer, plan_layout
+from lightning_elastic.adapters._hf import HFOpSpecs, plan_layout
 from lightning_elastic.adapters.base import Adapter, ConversionPlan
 from lightning_elastic.adapters.hf_base import HFTransformerAdapter, describe_hf, finalize_hf, loadable_by_hf
+from lightning_elastic.adapters.hf_layout import features, is_lora_layer
 from lightning_elastic.adapters.registry import register_adapter
 from lightning_elastic.core.config import SearchSpaceConfig, resolve_choices
 from lightning_elastic.core.dims import ElasticDim

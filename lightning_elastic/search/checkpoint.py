@@ -14,7 +14,8 @@ import torch
 
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.errors import ConfigError
-from lightning_elastic.supernet.supernet import Supernet, find_supernet, to_supernet
+from lightning_elastic.supernet.convert import to_supernet
+from lightning_elastic.supernet.supernet import Supernet, find_supernet
 
 
 def stored_state(ckpt: dict[str, Any]) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 
-from lightning_elastic.adapters._hf import is_lora_layer
+from lightning_elastic.adapters.hf_layout import is_lora_layer
 from lightning_elastic.core.errors import UncalibratedExportWarning
 from lightning_elastic.ops.base import ElasticOp
 from lightning_elastic.ops.conv import ElasticConv2d

@@ -21,7 +21,8 @@ from lightning_elastic.core.files import (  # noqa: F401 - the format constants 
 )
 from lightning_elastic.core.files import contiguous_state as _contiguous_state  # noqa: F401 - old private name
 from lightning_elastic.supernet.calibration import ForwardFn
-from lightning_elastic.supernet.supernet import Supernet, require_supernet, to_supernet
+from lightning_elastic.supernet.convert import to_supernet
+from lightning_elastic.supernet.supernet import Supernet, require_supernet
 
 
 def save_subnet(model_or_supernet: nn.Module | Supernet, directory: str | Path, cfg: Mapping[str, int] | None = None,

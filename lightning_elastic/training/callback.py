@@ -46,8 +46,9 @@ from lightning_elastic.core.checks import check_number
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.distributed import destroy_group_at_exit
 from lightning_elastic.core.errors import ConfigError
+from lightning_elastic.supernet.convert import to_supernet
 from lightning_elastic.supernet.importance import CALIBRATION_BATCHES
-from lightning_elastic.supernet.supernet import Supernet, get_supernet, to_supernet
+from lightning_elastic.supernet.supernet import Supernet, get_supernet
 from lightning_elastic.training.calibration import calibration_batches
 from lightning_elastic.training.ddp import UnusedParameterGrads, params_outside_graph, reached_leaves
 from lightning_elastic.training.discovery import find_model

@@ -16,7 +16,7 @@ from lightning_elastic.adapters.timm_efficientnet import ElasticConv2dSame, auto
 from lightning_elastic.core.config import SearchSpaceConfig
 from lightning_elastic.core.errors import ConversionError
 from lightning_elastic.ops.base import ElasticOp
-from lightning_elastic.supernet.supernet import to_supernet
+from lightning_elastic.supernet.convert import to_supernet
 from lightning_elastic.testing import check_adapter
 
 ROUNDTRIP = ("mobilenetv3_small_050", "tf_efficientnet_b0")
