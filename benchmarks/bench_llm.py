@@ -65,6 +65,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--kd-weight", type=float, nargs="+", default=None,
                         help="in-place KD weight; one supernet per value, sharing the baselines (default: the recipe's)")
+    parser.add_argument("--space", type=json.loads, default={},
+                        help='JSON merged into the recipe\'s space, e.g. \'{"heads": null, "width": [0.4, 0.6, 0.8, 1.0]}\'')
     parser.add_argument("--sampler", nargs="+", default=None, choices=("sandwich", "nested", "uniform"),
                         help="one supernet per sampler (x each --kd-weight), sharing the baselines; nested: "
                              "SortedNet's homogeneous levels (default: the recipe's)")
@@ -255,7 +257,8 @@ def main() -> None:
     from lightning_elastic.modules import CausalLM
 
     recipe = yaml.safe_load(RECIPES[args.mode].read_text())
-    space = SearchSpaceConfig(**recipe["elastic"]["space"])
+    space_dict = {**recipe["elastic"]["space"], **args.space}
+    space = SearchSpaceConfig(**space_dict)
     lora = recipe["model"]["init_args"].get("lora")
     lr = args.lr or recipe["model"]["init_args"]["lr"]
     kd_weights = args.kd_weight or [recipe["elastic"]["kd_weight"]]
@@ -269,7 +272,7 @@ def main() -> None:
         heldout = text_data(args, "test.tsv", args.heldout, packing=False, batch_size=16).val_dataloader()
         dev = text_data(args, "dev.tsv", args.dev, packing=False, batch_size=16).val_dataloader()
         passes = 2 + 1  # sandwich: max, one random, min per step (nested: max, one level, min)
-        settings = {"mode": args.mode, "space": recipe["elastic"]["space"], "lora": lora, "lr": lr,
+        settings = {"mode": args.mode, "space": space_dict, "lora": lora, "lr": lr,
                     "sampler": samplers, "kd_weight": kd_weights, "train_rows": args.train_rows,
                     "train_blocks": train_dm.seq_len_stats("train")["count"], "block_size": args.block_size,
                     "batch_size": args.batch_size, "supernet_steps": args.steps,
